@@ -1,0 +1,55 @@
+"""Semantic affinity graph (paper Sec. 3.1; MaskCut, spec 2.2).
+
+Patch features f_i are L2-normalised and compared by cosine similarity S_ij = f_i . f_j. MaskCut binarises
+the graph: W_ij = 1 where S_ij > tau_ncut, else eps. Patches found in earlier rounds are removed by zeroing
+their features, which makes all their similarities 0 (their nodes stay in the graph with eps edges).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def cosine_similarity(features: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every pair of patches.
+
+    Args:
+        features: (C, n) float tensor, one column per patch.
+
+    Returns:
+        (n, n) float32 tensor S, S_ij = <f_i, f_j> / (|f_i| |f_j|); 0 for an all-zero feature.
+    """
+    f = torch.nn.functional.normalize(features.float(), p=2, dim=0)
+    return f.T @ f
+
+
+def mask_out(similarity: torch.Tensor, removed: np.ndarray) -> torch.Tensor:
+    """Similarity after zeroing the features of ``removed`` patches (MaskCut's graph masking).
+
+    Equivalent to recomputing :func:`cosine_similarity` on features with those columns set to 0.
+
+    Args:
+        similarity: (n, n) tensor from :func:`cosine_similarity`.
+        removed: (n,) bool, patches already assigned to an instance.
+    """
+    if not removed.any():
+        return similarity
+    keep = torch.as_tensor(~removed, device=similarity.device, dtype=similarity.dtype)
+    return similarity * keep[:, None] * keep[None, :]
+
+
+def binarize(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.Tensor | None = None) -> np.ndarray:
+    """MaskCut's binary affinity W = 1 where S > tau else eps, as float64 numpy (what the solvers take).
+
+    Args:
+        similarity: (n, n) tensor S.
+        tau: tau_ncut.
+        eps: weight of the edges below the threshold.
+        threshold: optional (n, n) per-edge threshold replacing ``tau`` (used by Spatial Importance,
+            see :func:`cuts3d.cuts.spatial_importance.sharpened_threshold`).
+    """
+    above = similarity > (tau if threshold is None else threshold)
+    w = above.cpu().numpy().astype(np.float64)
+    w[w == 0] = eps
+    return w

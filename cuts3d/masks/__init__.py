@@ -1,0 +1,1 @@
+"""Mask post-processing and encoding: dense CRF refinement (MaskCut), COCO RLE."""

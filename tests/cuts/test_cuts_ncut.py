@@ -1,0 +1,99 @@
+"""NCut: Fiedler solvers agree with dense generalized eigh; MaskCut bipartition rules on crafted cases."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from cuts3d.cuts.affinity import binarize, cosine_similarity, mask_out
+from cuts3d.cuts.ncut import bipartition, count_fg_corners, fiedler_vector, seed_component
+from cuts3d.synthetic import make_scene
+
+
+def _scene_affinity(seed: int = 0, grid: int = 20) -> np.ndarray:
+    scene = make_scene(seed, grid=grid, channels=32)
+    f = torch.from_numpy(scene.features).reshape(32, -1)
+    return binarize(cosine_similarity(f), 0.15, 1e-5)
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "lobpcg", "torch"])
+def test_solvers_match_dense_generalized_eigh(solver):
+    w = _scene_affinity()
+    d = w.sum(1)
+    _, vecs = scipy.linalg.eigh(np.diag(d) - w, np.diag(d), subset_by_index=[1, 2])
+    ref = vecs[:, 0]
+    x = fiedler_vector(w, solver)
+    # Same D-normalisation as eigh, so the vectors agree up to sign.
+    assert abs(x @ (d * x) - 1.0) < 1e-8
+    sign = np.sign(x @ (d * ref))
+    np.testing.assert_allclose(sign * x, ref, atol=1e-5)
+
+
+def test_dense_solver_is_scipy_eigh_exactly():
+    w = _scene_affinity(1)
+    d = w.sum(1)
+    _, vecs = scipy.linalg.eigh(np.diag(d) - w, np.diag(d), subset_by_index=[1, 2])
+    np.testing.assert_array_equal(fiedler_vector(w, "dense"), vecs[:, 0])
+
+
+def test_small_graphs_use_exact_solution():
+    w = np.array([[1.0, 0.2], [0.2, 1.0]])
+    x = fiedler_vector(w, "lanczos")
+    d = w.sum(1)
+    # Generalized eigenvector of a 2-node graph: orthogonal to 1 in the D inner product.
+    assert abs(x @ d) < 1e-12 and abs(x @ (d * x) - 1) < 1e-12
+    w3 = np.ones((3, 3))
+    w3[0, 1] = w3[1, 0] = 1e-5
+    assert fiedler_vector(w3, "lobpcg").shape == (3,)
+
+
+def test_reverse_rule_three_corners():
+    # Large x on the border (all 4 corners) and small inside: B = border, corners >= 3 -> reverse.
+    grid = (5, 5)
+    x = np.full(grid, 1.0)
+    x[1:4, 1:4] = -2.0
+    fg, xo, seed = bipartition(x.ravel(), grid)
+    assert count_fg_corners((x > x.mean())) == 4
+    assert fg[1:4, 1:4].all() and fg.sum() == 9
+    np.testing.assert_array_equal(xo, -x.ravel())
+    assert fg.flat[seed]
+
+
+def test_reverse_rule_seed_outside():
+    # B = {x > mean} is a big blob; |x| peaks at a strongly negative patch outside it -> reverse.
+    grid = (4, 6)
+    x = np.full(grid, 0.5)
+    x[:, :2] = -0.2
+    x[0, 1] = -3.0
+    fg, xo, seed = bipartition(x.ravel(), grid)
+    assert not fg[:, 2:].any() and fg[:, :2].all()
+    assert seed == np.ravel_multi_index((0, 1), grid)
+
+
+def test_no_reverse_when_seed_inside_and_few_corners():
+    grid = (6, 6)
+    x = np.full(grid, -0.1)
+    x[2:4, 2:5] = 1.0
+    fg, xo, seed = bipartition(x.ravel(), grid)
+    np.testing.assert_array_equal(xo, x.ravel())
+    assert fg.sum() == 6 and fg.flat[seed]
+
+
+def test_seed_component_is_4_connected():
+    fg = np.zeros((6, 6), dtype=bool)
+    fg[0:2, 0:2] = True  # component holding the seed
+    fg[2, 2] = True  # touches only diagonally: another component
+    fg[4:6, 4:6] = True
+    comp = seed_component(fg, 0)
+    assert comp.sum() == 4 and comp[0:2, 0:2].all() and not comp[2, 2]
+    assert not seed_component(fg, np.ravel_multi_index((3, 0), (6, 6))).any()
+
+
+def test_mask_out_equals_zeroed_features():
+    rng = np.random.default_rng(0)
+    f = torch.from_numpy(rng.standard_normal((16, 30)).astype(np.float32))
+    removed = np.zeros(30, dtype=bool)
+    removed[[1, 5, 7]] = True
+    zeroed = f.clone()
+    zeroed[:, torch.from_numpy(removed)] = 0
+    torch.testing.assert_close(mask_out(cosine_similarity(f), removed), cosine_similarity(zeroed))
