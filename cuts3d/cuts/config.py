@@ -49,8 +49,9 @@ class CutConfig:
             default, best measured); ``"far"``: the mask point farthest from the source in 3D.
         trivial_cut: what LocalCut returns when the minimum s-t cut costs as much as cutting off a
             terminal's own edges, i.e. there is no 3D border between s and t: ``"literal"`` keeps the raw
-            source side of the cut (paper, default, best measured), ``"component"`` keeps the source's whole
-            3D-connected component. Without any 3D cue (constant depth) both fall back to the semantic 2D
+            source side of the cut (paper, default, best measured: the smallest source side of a minimum
+            cut), ``"max_side"`` the largest one (every node that cannot reach t in the residual graph),
+            ``"component"`` keeps the source's whole 3D-connected component. Without any 3D cue (constant depth) both fall back to the semantic 2D
             connected component of the seed, as MaskCut.
         confidence_taus: the T thresholds tau_knn^(t) of Eq. 4 (GUESS: linspace(0.10, 0.13, 6)).
         confidence_floor: minimum value of the Spatial Confidence map inside its region (Table 5c: 0.5).
@@ -86,7 +87,7 @@ class CutConfig:
     knn_capacity: Literal["unit", "gaussian"] = "unit"
     depth_pool: Literal["median", "avg", "center"] = "median"
     sink: Literal["min_abs", "far"] = "min_abs"
-    trivial_cut: Literal["component", "literal"] = "literal"
+    trivial_cut: Literal["component", "literal", "max_side"] = "literal"
     confidence_taus: tuple[float, ...] = field(default_factory=_default_confidence_taus)
     confidence_floor: float = 0.5
     rest_iou: float = 0.9
@@ -112,7 +113,7 @@ class CutConfig:
             "knn_capacity": ("unit", "gaussian"),
             "depth_pool": ("median", "avg", "center"),
             "sink": ("min_abs", "far"),
-            "trivial_cut": ("component", "literal"),
+            "trivial_cut": ("component", "literal", "max_side"),
             "eigensolver": ("auto", "dense", "lanczos", "lobpcg", "torch"),
         }
         for name, allowed in choices.items():

@@ -100,11 +100,17 @@ def localcut(
         degree = np.asarray(cap.sum(axis=1)).ravel()
         if flow.flow_value >= min(degree[source], degree[sink]):
             return component
-    elif trivial != "literal":
-        raise ValueError(f"unknown trivial-cut rule {trivial!r}; choose component or literal")
+    elif trivial not in ("literal", "max_side"):
+        raise ValueError(f"unknown trivial-cut rule {trivial!r}; choose literal, max_side or component")
     residual = (cap - flow.flow).tocsr()
     residual.data = (residual.data > 0).astype(np.int8)
     residual.eliminate_zeros()
+    if trivial == "max_side":
+        # The largest source side of a minimum cut: every node that cannot reach t in the residual graph.
+        to_sink = breadth_first_order(residual.T.tocsr(), sink, directed=True, return_predecessors=False)
+        side = component.copy()
+        side[to_sink] = False
+        return side
     reached = breadth_first_order(residual, source, directed=True, return_predecessors=False)
     side = np.zeros(graph.n, dtype=bool)
     side[reached] = True

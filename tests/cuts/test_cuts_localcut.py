@@ -60,6 +60,9 @@ def test_trivial_cut_rules():
     crossing = int((literal[g.i] != literal[g.j]).sum())
     degree = np.bincount(np.concatenate([g.i, g.j]), minlength=64)
     assert crossing == min(degree[0], degree[63])
+    largest = localcut(g, 0, 63, tau=0.3, trivial="max_side")
+    assert largest[0] and not largest[63] and largest.sum() >= literal.sum()
+    assert int((largest[g.i] != largest[g.j]).sum()) == crossing  # also a minimum cut
 
 
 def test_gaussian_capacity_runs_and_contains_source():

@@ -1,0 +1,43 @@
+"""Configuration files: defaults < YAML file < ``key=value`` overrides; the resolved config is saved as YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from cuts3d.cuts.config import CutConfig
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["tau_knn=0.1", "crf=false"]`` -> ``{"tau_knn": 0.1, "crf": False}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. tau_knn=0.1)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_cut_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CutConfig:
+    """CutConfig from an optional YAML file (a mapping of CutConfig fields) and overrides."""
+    values: dict[str, Any] = CutConfig().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of CutConfig fields, got {type(loaded).__name__}")
+        values.update(loaded)
+    values.update(parse_overrides(overrides))
+    return CutConfig.from_dict(values)
+
+
+def save_config(config: CutConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path

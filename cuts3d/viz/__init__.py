@@ -1,0 +1,1 @@
+"""Figures: instance overlays, depth and Spatial Confidence panels."""

@@ -1,0 +1,36 @@
+"""`cuts3d demo --synthetic` end to end through the CLI, and the config file / override plumbing."""
+
+import json
+
+import pytest
+import yaml
+
+from cuts3d.cli import main
+from cuts3d.config_io import load_cut_config, parse_overrides
+
+
+def test_demo_writes_figures_summary_and_config(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--synthetic", "--output", str(out), "--num-scenes", "3", "--figures", "2", "crf=false"]) == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["scene_0000.png", "scene_0001.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"maskcut", "cuts3d"}
+    for v in summary.values():
+        assert 0.0 <= v["AP"] <= v["AP50"] <= 100.0
+    assert yaml.safe_load((out / "config.yaml").read_text())["crf"] is False
+    printed = capsys.readouterr().out
+    assert "| cuts3d |" in printed and "mask AP50" in printed
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tau_knn: 0.1\nn_iters: 2\n")
+    c = load_cut_config(cfg, ["n_iters=4", "sink=far"])
+    assert (c.tau_knn, c.n_iters, c.sink) == (0.1, 4, "far")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["tau_knn"])
+    with pytest.raises(ValueError, match="unknown CutConfig keys"):
+        load_cut_config(None, ["tau=1"])
+    with pytest.raises(FileNotFoundError, match="--config"):
+        load_cut_config(tmp_path / "missing.yaml")
