@@ -45,6 +45,7 @@ def main() -> None:
                 "cuts3d, no Spatial Importance": dataclasses.replace(base, spatial_importance=False),
                 "cuts3d, depth_pool=avg": dataclasses.replace(base, depth_pool="avg"),
                 "cuts3d, sink=far": dataclasses.replace(base, sink="far"),
+                "cuts3d, trivial_cut=literal": dataclasses.replace(base, trivial_cut="literal"),
                 "cuts3d, trivial_cut=component": dataclasses.replace(base, trivial_cut="component"),
             }
         )

@@ -48,10 +48,12 @@ class CutConfig:
         sink: LocalCut sink t. ``"min_abs"``: argmin |x| over the semantic mask (paper's wording,
             default, best measured); ``"far"``: the mask point farthest from the source in 3D.
         trivial_cut: what LocalCut returns when the minimum s-t cut costs as much as cutting off a
-            terminal's own edges, i.e. there is no 3D border between s and t: ``"literal"`` keeps the raw
-            source side of the cut (paper, default, best measured: the smallest source side of a minimum
-            cut), ``"max_side"`` the largest one (every node that cannot reach t in the residual graph),
-            ``"component"`` keeps the source's whole 3D-connected component. Without any 3D cue (constant depth) both fall back to the semantic 2D
+            terminal's own edges, i.e. there is no 3D border between s and t. ``"literal"`` keeps the
+            source side reachable from s in the residual graph (the smallest source side of a minimum cut;
+            for one flat object this is the source patch alone), ``"max_side"`` the largest one (every node
+            that cannot reach t), ``"guard"`` (default) the literal side unless the cut only cuts the source
+            off (flow >= deg(s)), then the source's component; ``"component"`` keeps the source's whole
+            3D-connected component whenever the cut is no cheaper than a terminal's edges. Without any 3D cue (constant depth) both fall back to the semantic 2D
             connected component of the seed, as MaskCut.
         confidence_taus: the T thresholds tau_knn^(t) of Eq. 4 (GUESS: linspace(0.10, 0.13, 6)).
         confidence_floor: minimum value of the Spatial Confidence map inside its region (Table 5c: 0.5).
@@ -87,7 +89,7 @@ class CutConfig:
     knn_capacity: Literal["unit", "gaussian"] = "unit"
     depth_pool: Literal["median", "avg", "center"] = "median"
     sink: Literal["min_abs", "far"] = "min_abs"
-    trivial_cut: Literal["component", "literal", "max_side"] = "literal"
+    trivial_cut: Literal["guard", "component", "literal", "max_side"] = "guard"
     confidence_taus: tuple[float, ...] = field(default_factory=_default_confidence_taus)
     confidence_floor: float = 0.5
     rest_iou: float = 0.9
@@ -113,7 +115,7 @@ class CutConfig:
             "knn_capacity": ("unit", "gaussian"),
             "depth_pool": ("median", "avg", "center"),
             "sink": ("min_abs", "far"),
-            "trivial_cut": ("component", "literal", "max_side"),
+            "trivial_cut": ("guard", "component", "literal", "max_side"),
             "eigensolver": ("auto", "dense", "lanczos", "lobpcg", "torch"),
         }
         for name, allowed in choices.items():

@@ -100,11 +100,18 @@ def localcut(
         degree = np.asarray(cap.sum(axis=1)).ravel()
         if flow.flow_value >= min(degree[source], degree[sink]):
             return component
-    elif trivial not in ("literal", "max_side"):
-        raise ValueError(f"unknown trivial-cut rule {trivial!r}; choose literal, max_side or component")
+    elif trivial not in ("literal", "max_side", "guard"):
+        raise ValueError(f"unknown trivial-cut rule {trivial!r}; choose guard, literal, max_side or component")
     residual = (cap - flow.flow).tocsr()
     residual.data = (residual.data > 0).astype(np.int8)
     residual.eliminate_zeros()
+    if trivial == "guard":
+        degree = np.asarray(cap.sum(axis=1)).ravel()
+        # A minimum cut that costs the source's own edges cuts the source off and nothing else: there is
+        # no 3D border between s and t, so the instance is the source's whole component.
+        if flow.flow_value >= degree[source]:
+            return component
+        trivial = "literal"
     if trivial == "max_side":
         # The largest source side of a minimum cut: every node that cannot reach t in the residual graph.
         to_sink = breadth_first_order(residual.T.tocsr(), sink, directed=True, return_predecessors=False)

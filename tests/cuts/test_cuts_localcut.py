@@ -63,6 +63,9 @@ def test_trivial_cut_rules():
     largest = localcut(g, 0, 63, tau=0.3, trivial="max_side")
     assert largest[0] and not largest[63] and largest.sum() >= literal.sum()
     assert int((largest[g.i] != largest[g.j]).sum()) == crossing  # also a minimum cut
+    # The literal cut isolated the source alone (a tie); the guard returns the whole component instead.
+    assert literal.sum() == 1
+    assert localcut(g, 0, 63, tau=0.3, trivial="guard").all()
 
 
 def test_gaussian_capacity_runs_and_contains_source():

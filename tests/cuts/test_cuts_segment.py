@@ -196,3 +196,24 @@ def test_missing_crf_warns_and_skips(monkeypatch):
         out = segment(scene.features, scene.depth, scene.image, CutConfig(crf=True))
     plain = segment(scene.features, scene.depth, scene.image, CutConfig(crf=False))
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(out, plain))
+
+
+def test_rest_rule_stops_when_ncut_returns_the_complement(monkeypatch):
+    rng = np.random.default_rng(0)
+    g, c = 16, 16
+    a, b = rng.standard_normal(c), rng.standard_normal(c)
+    b -= (a @ b) / (a @ a) * a  # two unrelated classes
+    obj = np.zeros((g, g), dtype=bool)
+    obj[4:10, 5:11] = True
+    feats = np.where(obj[None], a[:, None, None], b[:, None, None]) + 0.05 * rng.standard_normal((c, g, g))
+    depth = np.where(obj, 0.3, np.linspace(1.0, 0.7, g)[:, None].repeat(g, 1))
+    import cuts3d.cuts.segment as seg
+
+    rounds = []
+    real_localcut = seg.localcut
+    monkeypatch.setattr(seg, "localcut", lambda *a, **k: rounds.append(1) or real_localcut(*a, **k))
+    out = segment(feats, depth, None, CutConfig(n_iters=3, **FAST))
+    assert len(out) == 1 and out[0].iteration == 0
+    np.testing.assert_array_equal(out[0].patch_mask, obj)
+    # Round 1's bipartition is the rest: no LocalCut ran after round 0 (1 + T cuts).
+    assert len(rounds) == 1 + len(CutConfig().confidence_taus)
