@@ -37,7 +37,7 @@ from cuts3d.cuts.ncut import bipartition, fiedler_vector, resolve_solver, seed_c
 from cuts3d.cuts.pointcloud import depth_to_grid, unproject
 from cuts3d.cuts.spatial_importance import sharpened_threshold, spatial_importance
 from cuts3d.masks.crf import crf_available, refine, warn_crf_missing
-from cuts3d.masks.filters import mask_iou, passes_maskcut_filters
+from cuts3d.masks.filters import mask_iou, passes_maskcut_filters, upsample_nearest
 
 
 @dataclass
@@ -85,15 +85,6 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour upsampling of an (h, w) array to ``shape`` (like F.interpolate mode="nearest")."""
-    h, w = mask.shape
-    H, W = shape
-    rows = np.minimum((np.arange(H) * h) // H, h - 1)
-    cols = np.minimum((np.arange(W) * w) // W, w - 1)
-    return mask[np.ix_(rows, cols)]
 
 
 def _output_shape(grid: tuple[int, int], depth: np.ndarray | None, image: np.ndarray | None) -> tuple[int, int]:
@@ -197,15 +188,13 @@ def _cuts3d_rounds(
     similarity: torch.Tensor, grid: tuple[int, int], depth: np.ndarray, config: CutConfig, device: torch.device
 ) -> list[_Cut]:
     """CutS3D rounds (spec 3.3): sharpened NCut -> rest check -> LocalCut -> Spatial Confidence."""
-    h, w = grid
-    n = h * w
+    n = grid[0] * grid[1]
     z, has_3d = depth_to_grid(depth, grid, config.depth_pool)
     points = unproject(z)
     threshold = None
     if config.spatial_importance and has_3d:
         importance = spatial_importance(z, config.si_sigma, config.si_beta, config.si_abs).ravel()
         threshold = sharpened_threshold(importance, config.tau_ncut, config.si_exponent, device)
-        # Eq. 3 exponentiates clip(S, 0, 1): negative similarities stay below any positive threshold.
     painted = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
@@ -221,27 +210,24 @@ def _cuts3d_rounds(
         semantic = np.flatnonzero(fg & ~painted)
         if semantic.size == 0:
             break
-        if not has_3d:
+        if has_3d:
+            graph = knn_graph(points[semantic], config.knn_k)
+            source = int(np.argmax(np.abs(x[semantic])))
+            sink = _sink(points[semantic], x[semantic], source, config.sink)
+
+            def cut(tau: float) -> np.ndarray:
+                side = localcut(graph, source, sink, tau, config.knn_capacity, config.trivial_cut)
+                full = np.zeros(n, dtype=bool)
+                full[semantic[side]] = True
+                return full.reshape(grid)
+
+            m = cut(config.tau_knn)
+            confidence = spatial_confidence(np.stack([cut(t) for t in config.confidence_taus]), m, config.confidence_floor)
+        else:
             # No 3D cue (constant or missing depth): LocalCut has nothing to cut along, so fall back to
             # MaskCut's 2D connected component of the seed; confidence is uniform.
             m = seed_component(fg.reshape(grid) & ~painted.reshape(grid), int(semantic[np.argmax(x[semantic])]))
-            painted |= m.ravel()
-            if passes_maskcut_filters(previous, m, config.max_iou_prev, config.min_area):
-                previous = m
-                cuts.append(_Cut(m, np.ones(grid, dtype=np.float32), 0.0, k))
-            continue
-        graph = knn_graph(points[semantic], config.knn_k)
-        source = int(np.argmax(np.abs(x[semantic])))
-        sink = _sink(points[semantic], x[semantic], source, config.sink)
-
-        def cut(tau: float) -> np.ndarray:
-            side = localcut(graph, source, sink, tau, config.knn_capacity, config.trivial_cut)
-            full = np.zeros(n, dtype=bool)
-            full[semantic[side]] = True
-            return full.reshape(grid)
-
-        m = cut(config.tau_knn)
-        confidence = spatial_confidence(np.stack([cut(t) for t in config.confidence_taus]), m, config.confidence_floor)
+            confidence = np.ones(grid, dtype=np.float32)
         painted |= m.ravel()  # painted even if dropped below, so the next round cannot find it again
         if not passes_maskcut_filters(previous, m, config.max_iou_prev, config.min_area):
             continue
@@ -268,7 +254,7 @@ def _finalize(cuts: list[_Cut], out_shape: tuple[int, int], image: np.ndarray | 
     taken = np.zeros(out_shape, dtype=bool)
     instances: list[Instance] = []
     for c in cuts:
-        up = _upsample(c.patch_mask, out_shape) & ~taken
+        up = upsample_nearest(c.patch_mask, out_shape) & ~taken
         taken |= up
         mask = up
         if use_crf and up.any():
@@ -287,6 +273,6 @@ def _finalize(cuts: list[_Cut], out_shape: tuple[int, int], image: np.ndarray | 
             continue
         score = c.score
         if c.confidence is not None:
-            score = float(_upsample(c.confidence, out_shape)[mask].mean())
+            score = float(upsample_nearest(c.confidence, out_shape)[mask].mean())
         instances.append(Instance(mask, c.patch_mask, c.confidence, score, c.iteration))
     return instances

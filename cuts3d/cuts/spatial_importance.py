@@ -7,7 +7,8 @@ Exponents below 1 raise the similarity of patch pairs away from depth edges whil
 theirs, so after MaskCut's binarisation the semantic mask grows up to the 3D border (spec 3.2).
 
 Because the affinity is binarised right after sharpening, S ** e > tau is evaluated as S > tau ** (1 / e)
-(same result for S in (0, 1], no n x n power), which is what :func:`sharpened_threshold` returns.
+(same result for S in (0, 1], no n x n power), which is what :func:`sharpened_threshold` returns. Eq. 3
+exponentiates clip(S, 0, 1), so negative similarities stay below every (positive) threshold, as they should.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Mask filters of MaskCut (spec 2.4) shared by both cut methods.
+"""Mask filters of MaskCut (spec 2.4) shared by both cut methods, and patch-grid upsampling.
 
 A round's mask is dropped when its IoU with the previous round's mask is above 0.5 (the same object again)
-or when it covers at most 1 % of the patch grid (noise).
+or when it covers at most 1 % of the patch grid (noise). Patch masks and Spatial Confidence maps go to pixel
+resolution by nearest-neighbour upsampling (spec 2.4 and 3.5).
 """
 
 from __future__ import annotations
@@ -29,3 +30,12 @@ def passes_maskcut_filters(previous: np.ndarray | None, mask: np.ndarray, max_io
     if previous is None:
         return True
     return not (mask_iou(previous, mask) > max_iou or mask.sum() / mask.size <= min_area)
+
+
+def upsample_nearest(grid_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of an (h, w) array to ``shape`` = (H, W), like F.interpolate(mode="nearest")."""
+    h, w = grid_map.shape
+    H, W = shape
+    rows = np.minimum((np.arange(H) * h) // H, h - 1)
+    cols = np.minimum((np.arange(W) * w) // W, w - 1)
+    return grid_map[np.ix_(rows, cols)]

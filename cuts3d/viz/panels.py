@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from cuts3d.masks.filters import upsample_nearest  # noqa: E402
+
 
 def instance_colors(n: int) -> np.ndarray:
     """(n, 3) float RGB colours in [0, 1], distinct for small n."""
@@ -51,8 +53,7 @@ def confidence_panel(shape: tuple[int, int], masks: Sequence[np.ndarray], maps: 
     for m, sc in zip(masks, maps):
         if sc is None:
             continue
-        h, w = sc.shape
-        up = sc[np.minimum(np.arange(H) * h // H, h - 1)][:, np.minimum(np.arange(W) * w // W, w - 1)]
+        up = upsample_nearest(sc, shape)
         region = m | (up < 1)
         out[region] = up[region]
     return out

@@ -22,10 +22,7 @@ from cuts3d.eval.perturb import perturbed_predictions
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 GT_PATH = DATA / "coco_val2017_dev128" / "annotations.json"
 
-# pycocotools' mask.decode under numpy 2 warns on every call; not ours to fix
-NUMPY2_DECODE = "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 pytestmark = [
-    pytest.mark.filterwarnings(NUMPY2_DECODE),
     pytest.mark.skipif(
         not GT_PATH.is_file(),
         reason=f"real COCO dev data not found at {GT_PATH} (expected ../shared/data beside the repository)",

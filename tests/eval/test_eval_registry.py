@@ -24,9 +24,6 @@ EXPECTED_FILES = {
     "kitti": "kitti_trainval_cls_agnostic.json",
     "uvo": "uvo_val_cls_agnostic.json",
 }
-# pycocotools' mask.decode under numpy 2 warns on every call; not ours to fix
-NUMPY2_DECODE = "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-pytestmark = pytest.mark.filterwarnings(NUMPY2_DECODE)
 needs_data = pytest.mark.skipif(
     not GT_PATH.is_file(),
     reason=f"real COCO dev data not found at {GT_PATH} (expected ../shared/data beside the repository)",
