@@ -3,6 +3,8 @@
 Usage::
 
     cuts3d demo --synthetic --output out/demo      # offline demo on synthetic 3D scenes
+    cuts3d extract --images DIR --output OUT       # pseudo-masks -> OUT/annotations.json
+    cuts3d merge OUT1 OUT2 ...                     # merge shard logs
     cuts3d eval --gt GT.json --pred PRED.json      # class-agnostic COCO AP
 
 Each sub-command lives next to the code it drives and exposes two functions,
@@ -19,6 +21,8 @@ import sys
 # stays fast and one command's optional dependency cannot break another command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cuts3d.demo", "Run MaskCut and CutS3D on synthetic scenes (offline) and write figures."),
+    "extract": ("cuts3d.pipeline.cli_extract", "Pseudo-masks (COCO JSON with Spatial Confidence) for an image folder."),
+    "merge": ("cuts3d.pipeline.cli_merge", "Merge the shard logs of extraction jobs into one COCO JSON."),
     "eval": ("cuts3d.eval.cli", "Class-agnostic COCO evaluation of predictions or pseudo-masks."),
 }
 

@@ -33,3 +33,20 @@ def test_upsample_nearest_matches_block_repeat():
     grid = np.arange(12).reshape(3, 4)
     np.testing.assert_array_equal(upsample_nearest(grid, (6, 8)), grid.repeat(2, 0).repeat(2, 1))
     assert upsample_nearest(grid, (5, 7)).shape == (5, 7)
+
+
+def test_confidence_code_round_trip_and_compactness():
+    from cuts3d.masks.coco import decode_confidence, encode_confidence
+
+    sc = np.ones((60, 60), dtype=np.float32)
+    sc[10, 10:13] = 4 / 6
+    sc[30, 5] = 0.5
+    code = encode_confidence(sc)
+    json.dumps(code)
+    assert len(code["runs"]) == 5 and sum(code["runs"]) == 3600
+    np.testing.assert_allclose(decode_confidence(code), sc, atol=1e-4)
+    bad = dict(code, runs=code["runs"][:-1])
+    import pytest
+
+    with pytest.raises(ValueError, match="does not fit"):
+        decode_confidence(bad)

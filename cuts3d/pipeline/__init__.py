@@ -1,0 +1,1 @@
+"""Extraction jobs: image folders -> pseudo-mask COCO JSON, sharded, resumable, locally or on Ray."""

@@ -1,0 +1,311 @@
+"""Pseudo-mask extraction over an image folder (paper Sec. 3 / Sec. 4 "Experiment Setup"; spec 2.1, 2.6, 3.5).
+
+Usage::
+
+    from cuts3d.pipeline.extract import ExtractConfig, extract
+    extract(ExtractConfig(images="photos/", output="out/"))     # -> out/annotations.json
+
+Per image, in a straight line: load (EXIF, any mode -> RGB) -> resize to ``size`` x ``size`` (480, LANCZOS)
+-> ViT patch features (last-block keys) -> depth (model, cached, or precomputed files) -> :func:`cuts3d.segment`
+-> masks resized to the original image size -> COCO annotations (RLE with str counts, bbox, area, score, the
+Spatial Confidence map and its mean as ``confidence_score``) appended to the shard log. Bad input is recorded
+with a reason and the job goes on. The merged ``annotations.json`` (see :mod:`cuts3d.pipeline.shards`) sits
+beside ``config.yaml`` (the resolved config), ``errors.jsonl`` and ``run_meta.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+from cuts3d.cuts.config import CutConfig
+from cuts3d.cuts.segment import segment
+from cuts3d.masks.coco import encode_confidence, mask_annotation
+from cuts3d.pipeline.shards import ShardLog, atomic_write_text, merge, parse_shard, read_log, shard_items, shard_log_path
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of one extraction job (the ``cut`` section holds :class:`CutConfig`).
+
+    Attributes:
+        images: folder (searched recursively) or text file of image paths.
+        output: output folder; the merged result is ``output/annotations.json``.
+        backbone: feature backbone name (see cuts3d.features.BACKBONES); default DINO ViT-B/8.
+        weights: backbone checkpoint file in the official layout, None (official download) or "none" (random).
+        feature: "k" (last-block keys, MaskCut's choice), "q", "v" or "tokens".
+        depth: depth model name (see cuts3d.depth.DEPTH_MODELS) or ``precomputed:DIR``.
+        depth_weights: depth model folder (Hugging Face format), None (hub) or "none" (random).
+        size: the square input size of the ViT (MaskCut: 480).
+        device: torch device for the ViT, the depth model and the cuts.
+        shard: ``"i/n"``: this job processes shard i of n.
+        cache_depth: keep computed depth maps in ``output/depth_cache`` for later runs.
+        max_pixels: images with more pixels are refused before decoding.
+        seed: seeds torch before random-weight models are built (reproducible tests).
+        backbone_overrides, depth_overrides: architecture overrides for random-weight models (tests: tiny).
+        cut: the pseudo-mask engine's settings.
+    """
+
+    images: str = ""
+    output: str = ""
+    backbone: str = "dino_vitb8"
+    weights: str | None = None
+    feature: str = "k"
+    depth: str = "depth_anything_v2_small"
+    depth_weights: str | None = None
+    size: int = 480
+    device: str = "cpu"
+    shard: str = "0/1"
+    cache_depth: bool = True
+    max_pixels: int = 100_000_000
+    seed: int = 0
+    backbone_overrides: dict[str, Any] = field(default_factory=dict)
+    depth_overrides: dict[str, Any] = field(default_factory=dict)
+    cut: CutConfig = field(default_factory=CutConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cut"}
+        d["cut"] = self.cut.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExtractConfig":
+        d = dict(d)
+        cut = CutConfig.from_dict(d.pop("cut", {}) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown extract settings {unknown}; valid: {sorted(known)} and cut.<CutConfig field>")
+        return cls(cut=cut, **d)
+
+
+def resolve_config(base: dict[str, Any], yaml_file: str | Path | None, overrides: Sequence[str]) -> ExtractConfig:
+    """Defaults < YAML file < flags (``base``) < ``key=value`` overrides (``cut.tau_knn=0.1`` or ``tau_knn=0.1``)."""
+    values = ExtractConfig().to_dict()
+    if yaml_file is not None:
+        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_file}: expected a mapping of extract settings")
+        values["cut"].update(loaded.pop("cut", {}) or {})
+        values.update(loaded)
+    values.update({k: v for k, v in base.items() if v is not None})
+    extract_fields = {f.name for f in dataclasses.fields(ExtractConfig)}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value (e.g. cut.tau_knn=0.1)")
+        value = yaml.safe_load(raw)
+        if key.startswith("cut."):
+            values["cut"][key[4:]] = value
+        elif key in extract_fields:
+            values[key] = value
+        else:
+            values["cut"][key] = value  # CutConfig.from_dict names the valid keys if this is a typo
+    values["cut"]["device"] = values["device"]
+    return ExtractConfig.from_dict(values)
+
+
+class Models:
+    """The ViT and the depth source of one job, built once (after the image list is known to be non-empty)."""
+
+    def __init__(self, cfg: ExtractConfig):
+        from cuts3d.depth import DepthCache, PrecomputedDepth, build_depth_model
+        from cuts3d.features import build_backbone
+
+        torch.manual_seed(cfg.seed)
+        self.backbone = build_backbone(
+            cfg.backbone, weights=cfg.weights, device=cfg.device, feature=cfg.feature, overrides=cfg.backbone_overrides or None
+        )
+        self.precomputed = None
+        self.depth_model = None
+        if cfg.depth.startswith("precomputed:"):
+            self.precomputed = PrecomputedDepth(Path(cfg.depth.split(":", 1)[1]))
+        else:
+            self.depth_model = build_depth_model(
+                cfg.depth, weights=cfg.depth_weights, device=cfg.device, config_overrides=cfg.depth_overrides or None
+            )
+        self.cache = DepthCache(Path(cfg.output) / "depth_cache") if cfg.cache_depth and self.depth_model else None
+        self.depth_name = cfg.depth
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone.name,
+            "backbone_weights": self.backbone.weights_id,
+            "backbone_weights_sha256": self.backbone.weights_sha256,
+            "depth": self.depth_name,
+            "depth_weights": getattr(self.depth_model, "weights_id", None),
+        }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def process_image(record, cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> dict[str, Any]:
+    """One image -> its shard-log record (see cuts3d.pipeline.shards). Raises only on programming errors."""
+    from cuts3d.depth import DepthInputError, depth_warnings
+    from cuts3d.io.images import ImageLoadError, load_image, resize_square
+
+    issues: list[dict[str, str]] = []
+    result: dict[str, Any] = {"rel": record.rel, "image": None, "annotations": [], "issues": issues}
+
+    t = time.perf_counter()
+    try:
+        rgb = load_image(record.path, max_pixels=cfg.max_pixels)
+    except ImageLoadError as err:
+        issues.append({"stage": "load", "level": "error", "reason": err.reason})
+        return result
+    H, W = rgb.shape[:2]
+    result["image"] = {"width": int(W), "height": int(H)}
+    small = resize_square(rgb, cfg.size)
+    timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t
+
+    t = time.perf_counter()
+    batch = models.backbone.preprocess(small, cfg.size)[None].to(models.backbone.device)
+    features = models.backbone.extract(batch)[0]
+    timings["vit"] = timings.get("vit", 0.0) + time.perf_counter() - t
+
+    depth = None
+    if cfg.cut.method == "cuts3d":
+        t = time.perf_counter()
+        try:
+            depth = _depth(record.rel, rgb, models, cfg.size)
+        except DepthInputError as err:
+            issues.append({"stage": "depth", "level": "error", "reason": err.reason})
+            return result
+        issues += [{"stage": "depth", "level": "warning", "reason": w} for w in depth_warnings(depth)]
+        timings["depth"] = timings.get("depth", 0.0) + time.perf_counter() - t
+
+    try:
+        instances = segment(features, depth, small, cfg.cut, timings=timings)
+    except ValueError as err:
+        issues.append({"stage": "cuts", "level": "error", "reason": str(err)})
+        return result
+
+    t = time.perf_counter()
+    for inst in instances:
+        mask = _resize_mask(inst.mask, (H, W))
+        if not mask.any():
+            continue
+        extra: dict[str, Any] = {"iscrowd": 0}
+        if inst.confidence is not None:
+            extra["confidence"] = encode_confidence(inst.confidence)
+            extra["confidence_score"] = float(inst.score)
+        result["annotations"].append(mask_annotation(mask, None, inst.score, **extra))
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t
+    return result
+
+
+def _depth(rel: str, rgb: np.ndarray, models: Models, size: int) -> np.ndarray:
+    """Depth for the cuts at ``size`` x ``size``: precomputed file, cache, or the model on the original image."""
+    if models.precomputed is not None:
+        return models.precomputed(rel, rgb.shape[:2])
+    if models.cache is not None:
+        cached = models.cache.get(rel)
+        if cached is not None:
+            return cached
+    depth = models.depth_model(rgb)
+    depth = np.asarray(Image.fromarray(depth.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+    if models.cache is not None:
+        models.cache.put(rel, depth)
+    return depth
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Back to the original size as MaskCut does: PIL resize of the 0/255 mask, threshold at half (spec 2.5)."""
+    if mask.shape == shape:
+        return mask
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.asarray(img) > 127
+
+
+def run_shard(
+    cfg: ExtractConfig, records: list, index: int, count: int, progress: Callable[[int], None] | None = None
+) -> tuple[dict[str, float], Models | None]:
+    """Process this shard's images not yet in its log (models are built only if there is work).
+
+    Returns the summed per-stage seconds and the models (None when nothing was left to do).
+    """
+    timings: dict[str, float] = {}
+    models = None
+    with ShardLog(shard_log_path(Path(cfg.output), index, count)) as log:
+        todo = [r for r in shard_items(records, index, count) if r.rel not in log.done]
+        if todo:
+            models = Models(cfg)
+        for record in tqdm(todo, desc=f"shard {index}/{count}", unit="img", disable=progress is not None):
+            log.append(process_image(record, cfg, models, timings))
+            if progress is not None:
+                progress(1)
+    return timings, models
+
+
+def shards_complete(output: Path, records: list, count: int) -> bool:
+    """True when every shard log of an n-way split holds all of its images."""
+    for i in range(count):
+        done = {r["rel"] for r in read_log(shard_log_path(output, i, count))}
+        if any(r.rel not in done for r in shard_items(records, i, count)):
+            return False
+    return True
+
+
+def write_config(cfg: ExtractConfig) -> None:
+    """The resolved config beside the outputs."""
+    atomic_write_text(Path(cfg.output) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def write_run_meta(cfg: ExtractConfig, models: Models | None) -> None:
+    """Package version, git commit, torch, device and the weights (ids and hashes) of this run."""
+    from cuts3d import __version__
+
+    out = Path(cfg.output)
+    meta = {
+        "cuts3d_version": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": cfg.device,
+        **(models.metadata() if models is not None else {}),
+    }
+    atomic_write_text(out / "run_meta.json", json.dumps(meta, indent=2))
+
+
+def extract(cfg: ExtractConfig) -> Path | None:
+    """Run this job's shard; merge into ``output/annotations.json`` once all shards are complete.
+
+    Returns the merged file, or None when other shards are still missing.
+    """
+    from cuts3d.io.images import list_images
+
+    records = list_images(cfg.images)  # an empty source fails here, before any model is loaded
+    index, count = parse_shard(cfg.shard)
+    out = Path(cfg.output)
+    write_config(cfg)
+    _, models = run_shard(cfg, records, index, count)
+    write_run_meta(cfg, models)
+    if not shards_complete(out, records, count):
+        print(f"shard {index}/{count} done; run `cuts3d merge {out}` once all {count} shards have finished")
+        return None
+    merge([out], out, info=_info(cfg))
+    return out / "annotations.json"
+
+
+def _info(cfg: ExtractConfig) -> dict[str, Any]:
+    return {"description": "cuts3d pseudo-masks", "method": cfg.cut.method, "backbone": cfg.backbone, "depth": cfg.depth}

@@ -1,0 +1,65 @@
+"""Scale-out of extraction on a Ray cluster: each shard is one Ray task (one GPU each when the cluster has GPUs).
+
+Tasks write the same crash-safe shard logs as the local engine, so a retried task resumes where the failed one
+stopped and the merged JSON equals a local run's. The driver shows overall progress (images) and merges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cuts3d.pipeline.extract import ExtractConfig, _info, run_shard, write_config, write_run_meta
+from cuts3d.pipeline.shards import merge, read_log, shard_items, shard_log_path
+
+
+def _remaining(cfg: ExtractConfig, records: list, index: int, count: int) -> int:
+    done = {r["rel"] for r in read_log(shard_log_path(Path(cfg.output), index, count))}
+    return sum(r.rel not in done for r in shard_items(records, index, count))
+
+
+def extract_ray(cfg: ExtractConfig, num_shards: int, address: str | None = None, max_retries: int = 3) -> Path:
+    """Run ``num_shards`` shards as Ray tasks, then merge into ``cfg.output/annotations.json``.
+
+    Args:
+        cfg: the job (its ``shard`` field is ignored).
+        num_shards: K, the number of tasks.
+        address: Ray cluster address (``auto`` or ``ray://host:port``); None starts a local cluster.
+        max_retries: Ray retries of a failed task (it resumes from its shard log).
+    """
+    import ray
+
+    from cuts3d.io.images import list_images
+
+    records = list_images(cfg.images)
+    write_config(cfg)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+
+        @ray.remote(num_gpus=1 if gpus else 0, max_retries=max_retries, retry_exceptions=True)
+        def shard_task(config: ExtractConfig, index: int) -> int:
+            if gpus:
+                config = ExtractConfig.from_dict({**config.to_dict(), "device": "cuda"})
+            run_shard(config, records, index, num_shards, progress=lambda n: None)
+            return index
+
+        pending = [shard_task.remote(cfg, i) for i in range(num_shards)]
+        total = sum(_remaining(cfg, records, i, num_shards) for i in range(num_shards))
+        with tqdm(total=total, desc="ray shards", unit="img") as bar:
+            done_before = 0
+            while pending:
+                finished, pending = ray.wait(pending, timeout=1.0)
+                ray.get(finished)  # re-raise a task's final failure here
+                left = sum(_remaining(cfg, records, i, num_shards) for i in range(num_shards))
+                bar.update(total - left - done_before)
+                done_before = total - left
+    finally:
+        if started_here:
+            ray.shutdown()
+    write_run_meta(cfg, None)
+    merge([Path(cfg.output)], Path(cfg.output), info=_info(cfg))
+    return Path(cfg.output) / "annotations.json"
