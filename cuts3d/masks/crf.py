@@ -70,7 +70,9 @@ def densecrf(
     crf = dcrf.DenseCRF2D(W, H, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     crf.addPairwiseGaussian(sxy=pos_xy, compat=pos_w)
-    crf.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=np.ascontiguousarray(image), compat=bi_w)
+    # pydensecrf needs a writable C-contiguous buffer; arrays from PIL (np.asarray) are read-only.
+    rgb = np.require(image, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+    crf.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=rgb, compat=bi_w)
     q = np.array(crf.inference(iters)).reshape(2, H, W)
     return np.argmax(q, axis=0).astype(np.float32)
 

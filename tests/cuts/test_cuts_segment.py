@@ -187,6 +187,16 @@ def test_crf_refines_to_image_edges():
         assert after > before  # blocky patch masks snap to the object's pixel border
 
 
+def test_crf_accepts_read_only_images():
+    if not crf_available():
+        pytest.skip("pydensecrf2 not installed")
+    scene = touching_pair_scene()
+    image = scene.image.copy()
+    image.flags.writeable = False  # as np.asarray(PIL image) returns
+    out = segment(scene.features, scene.depth, image, CutConfig(crf=True))
+    assert out and all(i.mask.any() for i in out)
+
+
 def test_missing_crf_warns_and_skips(monkeypatch):
     import cuts3d.cuts.segment as seg
 
