@@ -54,7 +54,9 @@ class ExtractConfig:
         cache_depth: keep computed depth maps in ``output/depth_cache`` for later runs.
         max_pixels: images with more pixels are refused before decoding.
         seed: seeds torch before random-weight models are built (reproducible tests).
-        backbone_overrides, depth_overrides: architecture overrides for random-weight models (tests: tiny).
+        depth_overrides: architecture overrides for a random-weight depth model, or ``"tiny"`` for
+            :func:`cuts3d.depth.tiny_config` (offline dry runs, tests).
+        depth_input_size: the depth network's input height (None: the model's default, 518 for Depth Anything).
         cut: the pseudo-mask engine's settings.
     """
 
@@ -71,8 +73,8 @@ class ExtractConfig:
     cache_depth: bool = True
     max_pixels: int = 100_000_000
     seed: int = 0
-    backbone_overrides: dict[str, Any] = field(default_factory=dict)
-    depth_overrides: dict[str, Any] = field(default_factory=dict)
+    depth_overrides: dict[str, Any] | str = field(default_factory=dict)
+    depth_input_size: int | None = None
     cut: CutConfig = field(default_factory=CutConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,22 +123,29 @@ class Models:
     """The ViT and the depth source of one job, built once (after the image list is known to be non-empty)."""
 
     def __init__(self, cfg: ExtractConfig):
-        from cuts3d.depth import DepthCache, PrecomputedDepth, build_depth_model
+        from cuts3d.depth import DepthCache, PrecomputedDepth, build_depth_model, tiny_config
         from cuts3d.features import build_backbone
 
         torch.manual_seed(cfg.seed)
-        self.backbone = build_backbone(
-            cfg.backbone, weights=cfg.weights, device=cfg.device, feature=cfg.feature, overrides=cfg.backbone_overrides or None
-        )
+        self.backbone = build_backbone(cfg.backbone, weights=cfg.weights, device=cfg.device, feature=cfg.feature)
         self.precomputed = None
         self.depth_model = None
         if cfg.depth.startswith("precomputed:"):
             self.precomputed = PrecomputedDepth(Path(cfg.depth.split(":", 1)[1]))
         else:
+            overrides = cfg.depth_overrides
+            if overrides == "tiny":  # a tiny random architecture: quick offline dry runs and tests
+                overrides = tiny_config(cfg.depth)
             self.depth_model = build_depth_model(
-                cfg.depth, weights=cfg.depth_weights, device=cfg.device, config_overrides=cfg.depth_overrides or None
+                cfg.depth,
+                weights=cfg.depth_weights,
+                device=cfg.device,
+                config_overrides=overrides or None,
+                input_size=cfg.depth_input_size,
             )
-        self.cache = DepthCache(Path(cfg.output) / "depth_cache") if cfg.cache_depth and self.depth_model else None
+        self.cache = None
+        if cfg.cache_depth and self.depth_model is not None:
+            self.cache = DepthCache.for_model(Path(cfg.output) / "depth_cache", self.depth_model)
         self.depth_name = cfg.depth
 
     def metadata(self) -> dict[str, Any]:
@@ -146,6 +155,7 @@ class Models:
             "backbone_weights_sha256": self.backbone.weights_sha256,
             "depth": self.depth_name,
             "depth_weights": getattr(self.depth_model, "weights_id", None),
+            "depth_cache_key": getattr(self.cache, "model", None),
         }
 
 

@@ -34,3 +34,20 @@ def test_config_file_and_overrides(tmp_path):
         load_cut_config(None, ["tau=1"])
     with pytest.raises(FileNotFoundError, match="--config"):
         load_cut_config(tmp_path / "missing.yaml")
+
+
+def test_demo_on_real_images_writes_figures_and_json(tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "coco_val2017_dev128" / "images"
+    if not data.is_dir():
+        pytest.skip(f"real COCO images not found at {data}")
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(data.glob("*.jpg"))[:2]))
+    out = tmp_path / "demo"
+    args = ["demo", "--input", str(listing), "--output", str(out), "--backbone", "dino_vits16", "--weights", "none",
+            "--depth-weights", "none", "size=128", "depth_overrides=tiny", "depth_input_size=56", "cut.crf=false"]
+    assert main(args) == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == sorted(i["file_name"].rsplit(".", 1)[0] + ".png" for i in coco["images"]) and len(figures) == 2
