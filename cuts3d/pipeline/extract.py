@@ -5,7 +5,7 @@ Usage::
     from cuts3d.pipeline.extract import ExtractConfig, extract
     extract(ExtractConfig(images="photos/", output="out/"))     # -> out/annotations.json
 
-Per image, in a straight line: load (EXIF, any mode -> RGB) -> resize to ``size`` x ``size`` (480, LANCZOS)
+Per image (the ViT sees a batch of images at once), in a straight line: load (EXIF, any mode -> RGB) -> resize to ``size`` x ``size`` (480, LANCZOS)
 -> ViT patch features (last-block keys) -> depth (model, cached, or precomputed files) -> :func:`cuts3d.segment`
 -> masks resized to the original image size -> COCO annotations (RLE with str counts, bbox, area, score, the
 Spatial Confidence map and its mean as ``confidence_score``) appended to the shard log. Bad input is recorded
@@ -49,6 +49,7 @@ class ExtractConfig:
         depth: depth model name (see cuts3d.depth.DEPTH_MODELS) or ``precomputed:DIR``.
         depth_weights: depth model folder (Hugging Face format), None (hub) or "none" (random).
         size: the square input size of the ViT (MaskCut: 480).
+        batch_size: images per ViT forward pass (each finished image is still logged on its own).
         device: torch device for the ViT, the depth model and the cuts.
         shard: ``"i/n"``: this job processes shard i of n.
         cache_depth: keep computed depth maps in ``output/depth_cache`` for later runs.
@@ -68,6 +69,7 @@ class ExtractConfig:
     depth: str = "depth_anything_v2_small"
     depth_weights: str | None = None
     size: int = 480
+    batch_size: int = 4
     device: str = "cpu"
     shard: str = "0/1"
     cache_depth: bool = True
@@ -90,7 +92,10 @@ class ExtractConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown extract settings {unknown}; valid: {sorted(known)} and cut.<CutConfig field>")
-        return cls(cut=cut, **d)
+        cfg = cls(cut=cut, **d)
+        if cfg.batch_size < 1 or cfg.size < 1:
+            raise ValueError(f"batch_size and size must be >= 1, got {cfg.batch_size} and {cfg.size}")
+        return cfg
 
 
 def resolve_config(base: dict[str, Any], yaml_file: str | Path | None, overrides: Sequence[str]) -> ExtractConfig:
@@ -169,50 +174,72 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def process_image(record, cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> dict[str, Any]:
-    """One image -> its shard-log record (see cuts3d.pipeline.shards). Raises only on programming errors."""
-    from cuts3d.depth import DepthInputError, depth_warnings
+def _add(timings: dict[str, float], stage: str, since: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - since
+
+
+def process_batch(records: Sequence, cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> list[dict[str, Any]]:
+    """Images -> their shard-log records (see cuts3d.pipeline.shards), in the same order.
+
+    The images that load go through the ViT in one batch; depth and cuts run per image. Bad input becomes an
+    ``issues`` entry of its record; only programming errors raise.
+    """
     from cuts3d.io.images import ImageLoadError, load_image, resize_square
 
-    issues: list[dict[str, str]] = []
-    result: dict[str, Any] = {"rel": record.rel, "image": None, "annotations": [], "issues": issues}
+    results: list[dict[str, Any]] = []
+    loaded: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
+    for record in records:
+        result: dict[str, Any] = {"rel": record.rel, "image": None, "annotations": [], "issues": []}
+        results.append(result)
+        t = time.perf_counter()
+        try:
+            rgb = load_image(record.path, max_pixels=cfg.max_pixels)
+        except ImageLoadError as err:
+            result["issues"].append({"stage": "load", "level": "error", "reason": err.reason})
+            continue
+        result["image"] = {"width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
+        loaded.append((result, rgb, resize_square(rgb, cfg.size)))
+        _add(timings, "load", t)
+    if not loaded:
+        return results
 
     t = time.perf_counter()
-    try:
-        rgb = load_image(record.path, max_pixels=cfg.max_pixels)
-    except ImageLoadError as err:
-        issues.append({"stage": "load", "level": "error", "reason": err.reason})
-        return result
-    H, W = rgb.shape[:2]
-    result["image"] = {"width": int(W), "height": int(H)}
-    small = resize_square(rgb, cfg.size)
-    timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t
+    backbone = models.backbone
+    batch = torch.stack([backbone.preprocess(small, cfg.size) for _, _, small in loaded]).to(backbone.device)
+    features = backbone.extract(batch)
+    _add(timings, "vit", t)
 
-    t = time.perf_counter()
-    batch = models.backbone.preprocess(small, cfg.size)[None].to(models.backbone.device)
-    features = models.backbone.extract(batch)[0]
-    timings["vit"] = timings.get("vit", 0.0) + time.perf_counter() - t
+    for (result, rgb, small), feats in zip(loaded, features):
+        _cut_image(result, rgb, small, feats, cfg, models, timings)
+    return results
 
+
+def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, features: torch.Tensor,
+               cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> None:
+    """Depth, cuts and annotations of one loaded image, written into its ``result`` record."""
+    from cuts3d.depth import DepthInputError, depth_warnings
+
+    issues = result["issues"]
     depth = None
     if cfg.cut.method == "cuts3d":
         t = time.perf_counter()
         try:
-            depth = _depth(record.rel, rgb, models, cfg.size)
+            depth = _depth(result["rel"], rgb, models, cfg.size)
         except DepthInputError as err:
             issues.append({"stage": "depth", "level": "error", "reason": err.reason})
-            return result
+            return
         issues += [{"stage": "depth", "level": "warning", "reason": w} for w in depth_warnings(depth)]
-        timings["depth"] = timings.get("depth", 0.0) + time.perf_counter() - t
+        _add(timings, "depth", t)
 
     try:
         instances = segment(features, depth, small, cfg.cut, timings=timings)
     except ValueError as err:
         issues.append({"stage": "cuts", "level": "error", "reason": str(err)})
-        return result
+        return
 
     t = time.perf_counter()
     for inst in instances:
-        mask = _resize_mask(inst.mask, (H, W))
+        mask = _resize_mask(inst.mask, rgb.shape[:2])
         if not mask.any():
             continue
         extra: dict[str, Any] = {"iscrowd": 0}
@@ -220,8 +247,7 @@ def process_image(record, cfg: ExtractConfig, models: Models, timings: dict[str,
             extra["confidence"] = encode_confidence(inst.confidence)
             extra["confidence_score"] = float(inst.score)
         result["annotations"].append(mask_annotation(mask, None, inst.score, **extra))
-    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t
-    return result
+    _add(timings, "write", t)
 
 
 def _depth(rel: str, rgb: np.ndarray, models: Models, size: int) -> np.ndarray:
@@ -260,10 +286,17 @@ def run_shard(
         todo = [r for r in shard_items(records, index, count) if r.rel not in log.done]
         if todo:
             models = Models(cfg)
-        for record in tqdm(todo, desc=f"shard {index}/{count}", unit="img", disable=progress is not None):
-            log.append(process_image(record, cfg, models, timings))
+        bar = tqdm(total=len(todo), desc=f"shard {index}/{count}", unit="img", disable=progress is not None)
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start : start + cfg.batch_size]
+            for result in process_batch(chunk, cfg, models, timings):
+                t = time.perf_counter()
+                log.append(result)
+                _add(timings, "write", t)
+            bar.update(len(chunk))
             if progress is not None:
-                progress(1)
+                progress(len(chunk))
+        bar.close()
     return timings, models
 
 

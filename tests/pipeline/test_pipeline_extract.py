@@ -82,6 +82,8 @@ def test_shards_then_merge_equal_single_run(tmp_path):
 
     assert main(["merge", str(tmp_path / "sharded"), "--output", str(tmp_path / "again")]) == 0
     assert _content(tmp_path / "again" / "annotations.json") == _content(single)
+    # One image per ViT pass gives the same result as the default batches.
+    assert _content(extract(_cfg(listing, tmp_path / "b1", "batch_size=1"))) == _content(single)
 
 
 def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
