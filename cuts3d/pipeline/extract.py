@@ -161,7 +161,20 @@ class Models:
             "depth": self.depth_name,
             "depth_weights": getattr(self.depth_model, "weights_id", None),
             "depth_cache_key": getattr(self.cache, "model", None),
+            "depth_weights_sha256": self._depth_weights_sha256(),
         }
+
+    def _depth_weights_sha256(self) -> dict[str, str] | None:
+        """sha256 of each weights file of a local depth-model folder (None for hub or random weights)."""
+        from cuts3d.features import sha256_file
+
+        weights_id = getattr(self.depth_model, "weights_id", None)
+        # a local folder is recorded as an absolute path; hub ids and "random" are not paths to hash
+        if not weights_id or not Path(weights_id).is_absolute() or not Path(weights_id).is_dir():
+            return None
+        folder = Path(weights_id)
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        return {p.name: sha256_file(p) for p in files}
 
 
 def _git_commit() -> str | None:
