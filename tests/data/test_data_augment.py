@@ -116,6 +116,9 @@ def test_occlusion_trims_and_drops_target_masks():
     # The occluded pixels of target 1 are certain now; the rest keeps its SC.
     assert np.all(conf[0][10:14, 0:10] == 1.0) and np.all(conf[0][14:20, 0:10] == 0.5)
     np.testing.assert_array_equal(masks[1:], s_masks[:3])
+    covered = s_masks[:3].any(axis=0)  # SC = 1 there: plain paste
+    np.testing.assert_array_equal(img[covered], src[covered])
+    np.testing.assert_array_equal(img[~covered], tgt[~covered])
     np.testing.assert_array_equal(boxes_from_masks(masks)[0], [0, 14, 10, 20])
 
 

@@ -4,7 +4,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, roi_align
 
-from cuts3d.model.losses import crop_confidence_to_rois, droploss_cross_entropy, droploss_weights, sc_mask_loss
+from cuts3d.model.losses import (
+    crop_confidence_to_rois,
+    droploss_cross_entropy,
+    droploss_weights,
+    sc_mask_loss,
+)
 
 
 def _boxes(*rows):
