@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cuts3d.pipeline.extract import extract, resolve_config
@@ -26,6 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cuts3d.depth import WeightsUnavailableError as DepthWeightsUnavailable
+    from cuts3d.features import CheckpointError, WeightsUnavailableError
+
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, CheckpointError, WeightsUnavailableError, DepthWeightsUnavailable) as err:
+        # Configuration and set-up problems: the message names the file and the fix; no traceback.
+        print(f"cuts3d extract: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     base = {
         "images": args.images,
         "output": args.output,

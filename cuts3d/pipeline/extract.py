@@ -102,6 +102,8 @@ def resolve_config(base: dict[str, Any], yaml_file: str | Path | None, overrides
     """Defaults < YAML file < flags (``base``) < ``key=value`` overrides (``cut.tau_knn=0.1`` or ``tau_knn=0.1``)."""
     values = ExtractConfig().to_dict()
     if yaml_file is not None:
+        if not Path(yaml_file).is_file():
+            raise FileNotFoundError(f"config file {yaml_file} does not exist; pass an existing YAML file to --config")
         loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_file}: expected a mapping of extract settings")
@@ -135,7 +137,9 @@ class Models:
         self.backbone = build_backbone(cfg.backbone, weights=cfg.weights, device=cfg.device, feature=cfg.feature)
         self.precomputed = None
         self.depth_model = None
-        if cfg.depth.startswith("precomputed:"):
+        if cfg.cut.method == "maskcut":
+            pass  # MaskCut uses no depth: build no depth model
+        elif cfg.depth.startswith("precomputed:"):
             self.precomputed = PrecomputedDepth(Path(cfg.depth.split(":", 1)[1]))
         else:
             overrides = cfg.depth_overrides
@@ -327,7 +331,7 @@ def write_config(cfg: ExtractConfig) -> None:
     atomic_write_text(Path(cfg.output) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
 
 
-def write_run_meta(cfg: ExtractConfig, models: Models | None) -> None:
+def write_run_meta(cfg: ExtractConfig, model_meta: dict[str, Any] | None) -> None:
     """Package version, git commit, torch, device and the weights (ids and hashes) of this run."""
     from cuts3d import __version__
 
@@ -338,7 +342,7 @@ def write_run_meta(cfg: ExtractConfig, models: Models | None) -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": cfg.device,
-        **(models.metadata() if models is not None else {}),
+        **(model_meta or {}),
     }
     atomic_write_text(out / "run_meta.json", json.dumps(meta, indent=2))
 
@@ -355,7 +359,7 @@ def extract(cfg: ExtractConfig) -> Path | None:
     out = Path(cfg.output)
     write_config(cfg)
     _, models = run_shard(cfg, records, index, count)
-    write_run_meta(cfg, models)
+    write_run_meta(cfg, models.metadata() if models is not None else None)
     if not shards_complete(out, records, count):
         print(f"shard {index}/{count} done; run `cuts3d merge {out}` once all {count} shards have finished")
         return None

@@ -41,25 +41,27 @@ def extract_ray(cfg: ExtractConfig, num_shards: int, address: str | None = None,
         gpus = ray.cluster_resources().get("GPU", 0)
 
         @ray.remote(num_gpus=1 if gpus else 0, max_retries=max_retries, retry_exceptions=True)
-        def shard_task(config: ExtractConfig, index: int) -> int:
+        def shard_task(config: ExtractConfig, index: int) -> dict | None:
             if gpus:
                 config = ExtractConfig.from_dict({**config.to_dict(), "device": "cuda"})
-            run_shard(config, records, index, num_shards, progress=lambda n: None)
-            return index
+            _, models = run_shard(config, records, index, num_shards, progress=lambda n: None)
+            return models.metadata() if models is not None else None
 
         pending = [shard_task.remote(cfg, i) for i in range(num_shards)]
+        model_meta = None
         total = sum(_remaining(cfg, records, i, num_shards) for i in range(num_shards))
         with tqdm(total=total, desc="ray shards", unit="img") as bar:
             done_before = 0
             while pending:
                 finished, pending = ray.wait(pending, timeout=1.0)
-                ray.get(finished)  # re-raise a task's final failure here
+                for meta in ray.get(finished):  # re-raises a task's final failure here
+                    model_meta = model_meta or meta
                 left = sum(_remaining(cfg, records, i, num_shards) for i in range(num_shards))
                 bar.update(total - left - done_before)
                 done_before = total - left
     finally:
         if started_here:
             ray.shutdown()
-    write_run_meta(cfg, None)
+    write_run_meta(cfg, model_meta)
     merge([Path(cfg.output)], Path(cfg.output), info=_info(cfg))
     return Path(cfg.output) / "annotations.json"
