@@ -67,3 +67,14 @@ def test_merge_renumbers_dedupes_and_collects_issues(tmp_path):
     assert {(e["image"], e["stage"]) for e in errors} == {("a.jpg", "depth"), ("bad.jpg", "load")}
     with pytest.raises(FileNotFoundError, match="cuts3d extract"):
         merge([tmp_path / "nothing"], tmp_path / "m2")
+
+
+def test_extract_cli_reports_setup_errors_without_traceback(tmp_path, capsys):
+    from cuts3d.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["extract", "--images", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no images" in err and str(tmp_path / "empty") in err and "Traceback" not in err
+    assert main(["extract", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
