@@ -50,6 +50,4 @@ def binarize(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.
             see :func:`cuts3d.cuts.spatial_importance.sharpened_threshold`).
     """
     above = similarity > (tau if threshold is None else threshold)
-    w = above.cpu().numpy().astype(np.float64)
-    w[w == 0] = eps
-    return w
+    return np.where(above.cpu().numpy(), 1.0, eps)

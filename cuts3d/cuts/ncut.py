@@ -50,28 +50,28 @@ def fiedler_vector(w: np.ndarray, solver: str = "dense", seed: int = 0, device: 
         return np.ascontiguousarray(vecs[:, 0])
     sqrt_d = np.sqrt(d)
     inv_sqrt_d = 1.0 / sqrt_d
-    m = inv_sqrt_d[:, None] * w * inv_sqrt_d[None, :]
     u = sqrt_d / np.linalg.norm(sqrt_d)
+
+    def apply_m(v: np.ndarray) -> np.ndarray:
+        # M v with M = D^-1/2 W D^-1/2 - 2 u u^T, without forming M (an n x n pass saved per solve)
+        scale = inv_sqrt_d if v.ndim == 1 else inv_sqrt_d[:, None]
+        return scale * (w @ (scale * v)) - 2.0 * np.outer(u, u @ v).reshape(v.shape)
+
     if solver == "torch":
-        mt = torch.as_tensor(m, device=device)
+        wt = torch.as_tensor(w, device=device)
+        st = torch.as_tensor(inv_sqrt_d, device=device)
         ut = torch.as_tensor(u, device=device)
-        mt = mt - 2.0 * torch.outer(ut, ut)
+        mt = st[:, None] * wt * st[None, :] - 2.0 * torch.outer(ut, ut)
         _, vecs = torch.linalg.eigh(mt)
         y = vecs[:, -1].cpu().numpy().astype(np.float64)
     elif solver == "lanczos":
-        def matvec(v: np.ndarray) -> np.ndarray:
-            return m @ v - 2.0 * u * (u @ v)
-
-        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
+        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=apply_m, matmat=apply_m, dtype=np.float64)
         # A deterministic start orthogonal-ish to u: Lanczos must not start inside the deflated direction.
         v0 = np.cos(np.arange(n) * 0.7 + 0.3)
         _, vecs = scipy.sparse.linalg.eigsh(op, k=1, which="LA", v0=v0, tol=1e-8)
         y = vecs[:, 0]
     elif solver == "lobpcg":
-        def matmat(v: np.ndarray) -> np.ndarray:
-            return m @ v - 2.0 * np.outer(u, u @ v) if v.ndim == 2 else m @ v - 2.0 * u * (u @ v)
-
-        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=matmat, matmat=matmat, dtype=np.float64)
+        op = scipy.sparse.linalg.LinearOperator((n, n), matvec=apply_m, matmat=apply_m, dtype=np.float64)
         x0 = np.random.default_rng(seed).standard_normal((n, 3))
         vals, vecs = scipy.sparse.linalg.lobpcg(op, x0, largest=True, tol=1e-8, maxiter=500)
         y = vecs[:, int(np.argmax(vals))]
