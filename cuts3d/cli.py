@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cuts3d.demo", "Run MaskCut and CutS3D on synthetic scenes (offline) and write figures."),
     "extract": ("cuts3d.pipeline.cli_extract", "Pseudo-masks (COCO JSON with Spatial Confidence) for an image folder."),
     "merge": ("cuts3d.pipeline.cli_merge", "Merge the shard logs of extraction jobs into one COCO JSON."),
+    "train": ("cuts3d.engine.cli_train", "Train the class-agnostic Cascade Mask R-CNN on pseudo-masks."),
+    "predict": ("cuts3d.engine.cli_predict", "Detections of a trained run on an image folder (COCO results)."),
     "eval": ("cuts3d.eval.cli", "Class-agnostic COCO evaluation of predictions or pseudo-masks."),
 }
 

@@ -1,0 +1,88 @@
+"""Training engine on CPU with the tiny detector: exact resume, and train -> predict -> eval end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cuts3d.cli import main
+from cuts3d.engine.train import TrainConfig, lr_factor, resolve_train_config, train
+from cuts3d.masks.coco import encode_confidence, ground_truth_dataset
+from cuts3d.synthetic import make_scene
+
+
+def _pseudo_dataset(tmp_path, n=4):
+    """Synthetic scenes as an image folder + a pseudo-mask JSON (their true masks, confidence maps)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    scenes = [make_scene(s, grid=16, patch_size=8) for s in range(n)]  # 128 x 128 px
+    coco = ground_truth_dataset([s.masks for s in scenes])
+    for img, s in zip(coco["images"], scenes):
+        Image.fromarray(s.image).save(images / img["file_name"])
+    conf = np.ones((16, 16), np.float32)
+    conf[0, :4] = 0.5
+    for ann in coco["annotations"]:
+        ann["confidence"] = encode_confidence(conf)
+        ann["confidence_score"] = ann["score"] = 0.9
+    data = tmp_path / "pseudo.json"
+    data.write_text(json.dumps(coco))
+    return data, images, coco
+
+
+def _cfg(data, images, out, **kw):
+    base = {"data": str(data), "images": str(images), "output": str(out)}
+    from cuts3d.engine.cli_train import preset_or_file
+
+    return resolve_train_config(base, [preset_or_file("tiny_cpu")], [f"{k}={v}" for k, v in kw.items()])
+
+
+def _losses(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_warmup_and_steps():
+    cfg = TrainConfig(lr=0.01, warmup_iters=10, warmup_factor=0.001, steps=(20, 30), gamma=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.001)
+    assert lr_factor(5, cfg) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(10, cfg) == 1.0 and lr_factor(25, cfg) == pytest.approx(0.1) and lr_factor(30, cfg) == pytest.approx(0.01)
+
+
+def test_resume_continues_the_identical_loss_sequence(tmp_path):
+    data, images, _ = _pseudo_dataset(tmp_path)
+    full = tmp_path / "full"
+    train(_cfg(data, images, full, max_iter=6, log_period=1))
+    part = tmp_path / "part"
+    train(_cfg(data, images, part, max_iter=3, log_period=1))  # "crashes" after iteration 3 (its last checkpoint)
+    train(_cfg(data, images, part, max_iter=6, log_period=1), resume=True)
+    a, b = _losses(full), _losses(part)
+    assert [r["iteration"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-7), (ra, rb)
+    assert (full / "config.yaml").is_file() and (full / "tb").is_dir()
+
+
+def test_tiny_training_then_predict_and_eval(tmp_path):
+    data, images, coco = _pseudo_dataset(tmp_path)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--images", str(images), "--output", str(run), "--config", "tiny_cpu",
+            "max_iter=30", "copy_paste=false"]
+    assert main(args) == 0
+    losses = [r["loss"] for r in _losses(run)]
+    assert losses[-1] < losses[0]
+    pred = tmp_path / "pred.json"
+    assert main(["predict", "--model", str(run), "--images", str(images), "--output", str(pred), "--gt", str(data)]) == 0
+    results = json.loads(pred.read_text())
+    assert results and all(r["category_id"] == 1 and 0 <= r["score"] <= 1 for r in results)
+    assert {r["image_id"] for r in results} <= {i["id"] for i in coco["images"]}
+    assert main(["eval", "--gt", str(data), "--pred", str(pred), "--output", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0 <= metrics["segm"]["AP50"] <= 100
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown training settings"):
+        resolve_train_config({}, [], ["learning_rate=0.1"])
+    with pytest.raises(FileNotFoundError, match="presets"):
+        resolve_train_config({}, [tmp_path / "nope.yaml"], [])
