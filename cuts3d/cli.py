@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("cuts3d.pipeline.cli_extract", "Pseudo-masks (COCO JSON with Spatial Confidence) for an image folder."),
     "merge": ("cuts3d.pipeline.cli_merge", "Merge the shard logs of extraction jobs into one COCO JSON."),
     "train": ("cuts3d.engine.cli_train", "Train the class-agnostic Cascade Mask R-CNN on pseudo-masks."),
+    "selftrain": ("cuts3d.engine.cli_selftrain", "One self-training round: predictions + old pseudo-masks, train again."),
     "predict": ("cuts3d.engine.cli_predict", "Detections of a trained run on an image folder (COCO results)."),
     "eval": ("cuts3d.eval.cli", "Class-agnostic COCO evaluation of predictions or pseudo-masks."),
 }

@@ -86,3 +86,20 @@ def test_bad_settings_are_clear_errors(tmp_path):
         resolve_train_config({}, [], ["learning_rate=0.1"])
     with pytest.raises(FileNotFoundError, match="presets"):
         resolve_train_config({}, [tmp_path / "nope.yaml"], [])
+
+
+def test_selftrain_round_end_to_end(tmp_path):
+    data, images, _ = _pseudo_dataset(tmp_path, n=2)
+    run = tmp_path / "run"
+    train(_cfg(data, images, run, max_iter=2))
+    out = tmp_path / "round1"
+    args = ["selftrain", "--model", str(run), "--data", str(data), "--images", str(images), "--output", str(out),
+            "--config", "tiny_cpu", "--score-thresh", "0.0", "max_iter=2", "num_workers=0"]
+    assert main(args) == 0
+    merged = json.loads((out / "selftrain_annotations.json").read_text())
+    assert merged["annotations"] and (out / "model_final.pth").is_file()
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["droploss"] is False and cfg["lr"] == 0.005 and cfg["copy_paste_scale"] == [0.5, 1.0]
+    assert cfg["init_from"] == str(run) and cfg["backbone"] == "tiny"
