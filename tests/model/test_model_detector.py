@@ -119,6 +119,10 @@ def test_eval_outputs_have_torchvision_maskrcnn_format():
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= W).all() and (b[:, 3] <= H).all()
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
         assert (det["scores"][:-1] >= det["scores"][1:]).all()  # NMS output is score-sorted
+    # A score threshold that rejects everything gives empty, well-shaped outputs.
+    model.roi_heads.score_thresh = 1.0
+    for det in model(images):
+        assert det["boxes"].shape == (0, 4) and det["masks"].shape == (0, 1, H, W)
 
 
 def test_each_stage_labels_with_its_own_iou_threshold():
@@ -199,6 +203,25 @@ def test_sc_loss_with_all_ones_confidence_equals_plain_bce_and_scales_with_sc():
     assert model(images, _data(conf_value=None)[1])["loss_mask"].item() == pytest.approx(results["plain"], rel=1e-6)
 
 
+def test_confidence_is_resized_with_the_masks():
+    model = _model().train()
+    images, targets = _data()
+    for t in targets:  # SC 0.5 on the top half of each mask, 1 elsewhere
+        conf = torch.ones(t["masks"].shape)
+        for k, (x1, y1, x2, y2) in enumerate(t["boxes"].int().tolist()):
+            conf[k, y1 : (y1 + y2) // 2, x1:x2] = 0.5
+        t["confidence"] = conf
+    seen = []
+    model.roi_heads.register_forward_pre_hook(lambda mod, args: seen.append(args[3]))
+    model(images, targets)
+    for t_in, t_out in zip(targets, seen[0]):
+        assert t_out["confidence"].shape == t_out["masks"].shape  # (K, 128, 164): the transformed frame
+        low = t_out["confidence"] < 1
+        assert low.any() and (t_out["masks"][low] == 1).all()  # the low-SC area stays inside the mask
+        frac_in = (t_in["confidence"] < 1).float().mean()
+        assert (low.float().mean() - frac_in).abs() < 0.01  # nearest resize keeps the area fraction
+
+
 def test_short_overfit_run_halves_the_total_loss():
     model = _model().train()
     images, targets = _data()
@@ -227,11 +250,19 @@ def test_r50_backbone_loads_torchvision_layout_checkpoint_strictly(tmp_path):
     state = resnet50(weights=None).state_dict()
     ckpt = tmp_path / "rn50.pth"
     torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, ckpt)  # DINO-style: no classifier
-    model = build_detector("r50_fpn", backbone_weights=str(ckpt), representation_size=64, mask_head_layers=(8,))
+    model = build_detector(
+        "r50_fpn", backbone_weights=str(ckpt), representation_size=64, mask_head_layers=(8,), **FAST
+    )
     assert isinstance(model.roi_heads, CascadeRoIHeads)
     assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.backbone.body.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
     assert all(p.requires_grad for p in model.backbone.body.parameters())  # FREEZE_AT 0
+    # End to end on one small image: the R50-FPN feature names match the RPN/pooler levels.
+    images, targets = _data()
+    losses = model.train()(images[:1], targets[:1])
+    assert set(losses) == LOSS_KEYS and all(torch.isfinite(v) for v in losses.values())
+    det = model.eval()(images[:1])[0]
+    assert det["masks"].shape[1:] == (1, H, W) and (det["labels"] == 1).all()
 
     bad = dict(state)
     bad["layer1.0.conv1.weightx"] = bad.pop("layer1.0.conv1.weight")
