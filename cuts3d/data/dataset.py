@@ -43,8 +43,11 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
         coco = json.loads(self.json_path.read_text())
+        sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in coco.get("images", [])}
         anns_by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for ann in coco.get("annotations", []):
+            if isinstance(ann.get("segmentation"), list) and int(ann["image_id"]) in sizes:
+                ann = {**ann, "segmentation": _polygons_to_rle(ann["segmentation"], *sizes[int(ann["image_id"])])}
             anns_by_image[int(ann["image_id"])].append(ann)
         images = sorted(coco.get("images", []), key=lambda im: int(im["id"]))
         if filter_empty:
@@ -121,6 +124,12 @@ def to_detection_sample(item: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]
         "image_id": torch.tensor(int(item["image_id"]), dtype=torch.int64),
     }
     return image, target
+
+
+def _polygons_to_rle(polygons: list, height: int, width: int) -> dict[str, Any]:
+    """COCO polygon segmentation (e.g. a human-annotated JSON used as pseudo-masks) -> one compressed RLE."""
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
 
 
 def _area(ann: dict[str, Any]) -> float:

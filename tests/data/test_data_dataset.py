@@ -77,3 +77,23 @@ def test_numpy_items_feed_copy_paste(tmp_path):
     _, t = to_detection_sample({"image": img, "masks": masks, "confidence": conf,
                                     "scores": a["scores"][info["pasted"]], "image_id": b["image_id"]})
     assert t["masks"].shape[0] == len(info["pasted"]) == t["boxes"].shape[0] == t["scores"].shape[0]
+
+
+def test_polygon_segmentations_are_read_as_masks(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from cuts3d.data.dataset import PseudoMaskDataset
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 30, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]]}],
+        "categories": [{"id": 1, "name": "object"}],
+    }
+    (tmp_path / "d.json").write_text(json.dumps(coco))
+    item = PseudoMaskDataset(tmp_path / "d.json", tmp_path).load_numpy(0)
+    assert item["masks"].shape == (1, 20, 30) and item["masks"][0, 3:8, 3:12].all() and not item["masks"][0, 12:].any()
+    assert (item["confidence"] == 1).all()
