@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-from cuts3d.cuts.config import CutConfig
+
+def check_keys(cls: type, d: dict[str, Any], what: str, hint: str = "") -> None:
+    """Reject keys of ``d`` that are not fields of dataclass ``cls``, naming the valid ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; valid: {sorted(known)}{hint}")
+
+
+def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; clear errors for a missing file or another type."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML file of {what} to --config")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}, got {type(loaded).__name__}")
+    return loaded
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -21,23 +39,19 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_cut_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CutConfig:
+def load_cut_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
     """CutConfig from an optional YAML file (a mapping of CutConfig fields) and overrides."""
+    from cuts3d.cuts.config import CutConfig
+
     values: dict[str, Any] = CutConfig().to_dict()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; pass an existing YAML file to --config")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of CutConfig fields, got {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(load_yaml_mapping(path, "CutConfig fields"))
     values.update(parse_overrides(overrides))
     return CutConfig.from_dict(values)
 
 
-def save_config(config: CutConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML."""
+def save_config(config, path: str | Path) -> Path:
+    """Write a resolved config (anything with ``to_dict()``) as YAML."""
     path = Path(path)
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path

@@ -6,7 +6,7 @@ measurements on synthetic scenes chose) as its default; each field's docstring n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -141,8 +141,7 @@ class CutConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CutConfig":
         """Build from a dict, rejecting unknown keys with the list of valid ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CutConfig keys {unknown}; valid keys: {sorted(known)}")
+        from cuts3d.config_io import check_keys
+
+        check_keys(cls, d, "CutConfig keys")
         return cls(**d)

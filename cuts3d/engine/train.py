@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
+from cuts3d.config_io import check_keys, load_yaml_mapping, parse_overrides
 from cuts3d.data.augment import copy_paste
 from cuts3d.data.dataset import PseudoMaskDataset, to_detection_sample
 from cuts3d.model.detector import build_detector
@@ -100,10 +100,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings {unknown}; valid: {sorted(known)}")
+        check_keys(cls, d, "training settings")
         d = dict(d)
         for k in ("copy_paste_scale", "min_sizes", "steps"):
             if k in d:
@@ -115,21 +112,13 @@ def resolve_train_config(base: dict[str, Any], files: Sequence[str | Path], over
     """Defaults < YAML files (in order) < flags (``base``) < ``key=value`` overrides."""
     values = TrainConfig().to_dict()
     for f in files:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"config file {f} does not exist; see configs/ for the presets")
-        loaded = yaml.safe_load(Path(f).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{f}: expected a mapping of training settings")
-        values.update(loaded)
+        values.update(load_yaml_mapping(f, "training settings (presets: paper, one_gpu, tiny_cpu)"))
     values.update({k: v for k, v in base.items() if v is not None})
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. max_iter=1000)")
+    for key, value in parse_overrides(overrides).items():
         if key.startswith("detector."):
-            values["detector"][key[9:]] = yaml.safe_load(raw)
+            values["detector"][key[9:]] = value
         else:
-            values[key] = yaml.safe_load(raw)
+            values[key] = value
     return TrainConfig.from_dict(values)
 
 

@@ -30,6 +30,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from cuts3d.config_io import check_keys, load_yaml_mapping, parse_overrides
 from cuts3d.cuts.config import CutConfig
 from cuts3d.cuts.segment import segment
 from cuts3d.masks.coco import encode_confidence, mask_annotation
@@ -88,10 +89,7 @@ class ExtractConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ExtractConfig":
         d = dict(d)
         cut = CutConfig.from_dict(d.pop("cut", {}) or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown extract settings {unknown}; valid: {sorted(known)} and cut.<CutConfig field>")
+        check_keys(cls, d, "extract settings", " and cut.<CutConfig field>")
         cfg = cls(cut=cut, **d)
         if cfg.batch_size < 1 or cfg.size < 1:
             raise ValueError(f"batch_size and size must be >= 1, got {cfg.batch_size} and {cfg.size}")
@@ -102,20 +100,12 @@ def resolve_config(base: dict[str, Any], yaml_file: str | Path | None, overrides
     """Defaults < YAML file < flags (``base``) < ``key=value`` overrides (``cut.tau_knn=0.1`` or ``tau_knn=0.1``)."""
     values = ExtractConfig().to_dict()
     if yaml_file is not None:
-        if not Path(yaml_file).is_file():
-            raise FileNotFoundError(f"config file {yaml_file} does not exist; pass an existing YAML file to --config")
-        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_file}: expected a mapping of extract settings")
+        loaded = load_yaml_mapping(yaml_file, "extract settings")
         values["cut"].update(loaded.pop("cut", {}) or {})
         values.update(loaded)
     values.update({k: v for k, v in base.items() if v is not None})
     extract_fields = {f.name for f in dataclasses.fields(ExtractConfig)}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. cut.tau_knn=0.1)")
-        value = yaml.safe_load(raw)
+    for key, value in parse_overrides(overrides).items():
         if key.startswith("cut."):
             values["cut"][key[4:]] = value
         elif key in extract_fields:

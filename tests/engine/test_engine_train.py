@@ -1,7 +1,6 @@
 """Training engine on CPU with the tiny detector: exact resume, and train -> predict -> eval end to end."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
