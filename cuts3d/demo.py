@@ -6,13 +6,15 @@ Usage::
     cuts3d demo --input photos/ --output out/photos [--weights FILE] [--depth-weights DIR] [key=value ...]
 
 With ``--input``, ``cuts3d extract`` runs on the folder and every image gets ``figures/<name>.png``: the
-image with coloured instance masks and their contours, the depth map and the Spatial Confidence maps; the
-COCO JSON is ``annotations.json`` beside them.
+image, its numbered instance masks (outlined in contrasting colours, with a legend of their scores), the depth
+map and one Spatial Confidence map per instance (cuts3d); a red banner warns when the backbone or depth
+weights are random. The COCO JSON is ``annotations.json`` beside them.
 
 For each seeded scene (see :mod:`cuts3d.synthetic`) both methods segment the same features; the first
-``--figures`` scenes get a PNG with the image, depth, ground truth, MaskCut masks, CutS3D masks and the
-Spatial Confidence maps side by side. Class-agnostic mask AP50 / AP over all scenes is printed and written to
-``summary.md`` and ``summary.json``; the resolved CutS3D config is saved as ``config.yaml``.
+``--figures`` scenes get a PNG (see :mod:`cuts3d.viz.panels`) with the image, depth, ground truth, MaskCut and
+CutS3D masks in a grid, then CutS3D's per-instance Spatial Confidence maps. Class-agnostic mask AP50 / AP over
+all scenes is printed and written to ``summary.md`` (with how many scenes were drawn) and ``summary.json``; the
+resolved CutS3D config is saved as ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0
     """Run the comparison and write figures and summaries to ``output``; returns the AP summary."""
     from cuts3d.cuts.config import CutConfig
     from cuts3d.eval import evaluate
-    from cuts3d.viz.panels import confidence_panel, overlay, save_scene_figure
 
     config = config or CutConfig()
     output.mkdir(parents=True, exist_ok=True)
@@ -70,21 +71,7 @@ def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0
         for name, insts in results.items():
             preds[name] += [mask_annotation(i.mask, idx + 1, i.score) for i in insts]
         if idx < figures:
-            c3 = results["cuts3d"]
-            panels = [
-                ("image", scene.image, {}),
-                ("depth (larger = farther)", scene.depth, {"cmap": "viridis"}),
-                (f"ground truth ({len(scene.masks)})", overlay(scene.image, list(scene.masks)), {}),
-                (f"MaskCut ({len(results['maskcut'])})", overlay(scene.image, [i.mask for i in results["maskcut"]]), {}),
-                (f"CutS3D ({len(c3)})", overlay(scene.image, [i.mask for i in c3]), {}),
-                (
-                    "Spatial Confidence",
-                    confidence_panel(scene.depth.shape, [i.mask for i in c3], [i.confidence for i in c3]),
-                    {"cmap": "magma", "vmin": 0.0, "vmax": 1.0},
-                ),
-            ]
-            save_scene_figure(output / f"scene_{seed + idx:04d}.png", panels, title=f"synthetic scene {seed + idx}")
-
+            _draw_scene(output / f"scene_{seed + idx:04d}.png", scene, seed + idx, results)
     gt = ground_truth_dataset(gts)
     summary = {}
     for name, dets in preds.items():
@@ -102,11 +89,63 @@ def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0
     ]
     lines += [f"| {k} | {v['AP50']:.1f} | {v['AP']:.1f} | {v['masks']} |" for k, v in summary.items()]
     table = "\n".join(lines)
-    (output / "summary.md").write_text(table + "\n")
+    drawn = _figures_note(num_scenes, figures, seed)
+    (output / "summary.md").write_text(table + "\n\n" + drawn + "\n")
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table)
+    print(f"\n{drawn}")
     print(f"\nfigures, summary.md and config.yaml written to {output}")
     return summary
+
+
+def _score_name(method: str) -> str:
+    """What an instance's score is, for the legends."""
+    return "mean SC" if method == "cuts3d" else "NCut strength"
+
+
+def _draw_scene(path: Path, scene, seed: int, results: dict) -> Path:
+    """The figure of one synthetic scene: image, depth, ground truth, both methods' masks, CutS3D's SC maps."""
+    from cuts3d.viz.panels import ConfidenceMaps, MapPanel, MasksPanel, save_figure, scene_figure
+
+    c3, mc = results["cuts3d"], results["maskcut"]
+    panels = [
+        MapPanel("image", scene.image),
+        MapPanel("depth (larger = farther)", scene.depth, cmap="viridis", label="depth"),
+        MasksPanel(f"ground truth ({len(scene.masks)})", scene.image, list(scene.masks)),
+        MasksPanel(f"MaskCut ({len(mc)})", scene.image, [i.mask for i in mc], [i.score for i in mc], _score_name("maskcut")),
+        MasksPanel(f"CutS3D ({len(c3)})", scene.image, [i.mask for i in c3], [i.score for i in c3], _score_name("cuts3d")),
+    ]
+    confidence = ConfidenceMaps(scene.image, [i.mask for i in c3], [i.confidence for i in c3], title="CutS3D: Spatial Confidence per instance")
+    title = f"synthetic scene, seed {seed}: {len(scene.masks)} ground-truth objects (instances numbered in discovery order)"
+    note = (
+        "How to read the masks panels:\n"
+        "- numbers: instances in discovery order\n"
+        "- legend: instance: score\n"
+        "  MaskCut: NCut strength (mean of the\n"
+        "  scaled Fiedler vector over the mask)\n"
+        "  CutS3D: mean Spatial Confidence\n"
+        "- colours only tell instances apart;\n"
+        "  they do not match across panels"
+    )
+    return save_figure(scene_figure(panels, confidence, title=title, note=note), path)
+
+
+def _figures_note(num_scenes: int, figures: int, seed: int) -> str:
+    """E.g. ``figures: 4 of 12 scenes drawn (scene_0000.png .. scene_0003.png); --figures N draws more``."""
+    n = max(0, min(figures, num_scenes))
+    if n == 0:
+        return f"figures: 0 of {num_scenes} scenes drawn; --figures N draws some"
+    files = f"scene_{seed:04d}.png" if n == 1 else f"scene_{seed:04d}.png .. scene_{seed + n - 1:04d}.png"
+    more = "; --figures N draws more" if n < num_scenes else ""
+    return f"figures: {n} of {num_scenes} scenes drawn ({files}){more}"
+
+
+def _random_weights(cfg, meta: dict) -> tuple[bool, bool]:
+    """(backbone random, depth random) from the resolved config and ``run_meta.json`` (``"random"`` weights ids)."""
+    backbone = cfg.weights == "none" or meta.get("backbone_weights") == "random"
+    uses_depth_model = not str(cfg.depth or "").startswith("precomputed:")
+    depth = uses_depth_model and (cfg.depth_weights == "none" or meta.get("depth_weights") == "random")
+    return backbone, depth
 
 
 def run_images_demo(cfg) -> list[Path]:
@@ -115,7 +154,7 @@ def run_images_demo(cfg) -> list[Path]:
     from cuts3d.io.images import list_images, load_image
     from cuts3d.masks.coco import decode_confidence
     from cuts3d.pipeline.extract import extract
-    from cuts3d.viz.panels import confidence_panel, overlay, save_scene_figure
+    from cuts3d.viz.panels import ConfidenceMaps, MapPanel, MasksPanel, random_weights_banner, save_figure, scene_figure
     from pycocotools import mask as mask_utils
 
     result = extract(cfg)
@@ -125,7 +164,9 @@ def run_images_demo(cfg) -> list[Path]:
     by_image: dict[int, list] = {}
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    cache_key = json.loads((out / "run_meta.json").read_text()).get("depth_cache_key")
+    meta = json.loads((out / "run_meta.json").read_text())
+    cache_key = meta.get("depth_cache_key")
+    banner = random_weights_banner(*_random_weights(cfg, meta))
     cache = DepthCache(out / "depth_cache", cache_key) if cache_key else None
     precomputed = PrecomputedDepth(Path(cfg.depth.split(":", 1)[1])) if cfg.depth.startswith("precomputed:") else None
     written = []
@@ -139,16 +180,21 @@ def run_images_demo(cfg) -> list[Path]:
             depth = precomputed(img["file_name"], rgb.shape[:2])
         elif cache is not None:
             depth = cache.get(img["file_name"])
-        panels = [(f"{cfg.cut.method} masks ({len(masks)})", overlay(rgb, masks), {})]
+        scores = [float(a.get("score", float("nan"))) for a in anns]
+        panels = [
+            MapPanel("image", rgb),
+            MasksPanel(f"{cfg.cut.method} masks ({len(masks)})", rgb, masks, scores, _score_name(cfg.cut.method)),
+        ]
         if depth is not None:
             # the cached depth is the square network input; show it at the image's aspect ratio
             shown = np.asarray(Image.fromarray(np.asarray(depth, dtype=np.float32)).resize(rgb.shape[1::-1], Image.BILINEAR))
-            panels.append(("depth (larger = farther)", shown, {"cmap": "viridis"}))
-        if cfg.cut.method == "cuts3d":
-            panels.append(("Spatial Confidence", confidence_panel(rgb.shape[:2], masks, maps), {"cmap": "magma", "vmin": 0.0, "vmax": 1.0}))
+            panels.append(MapPanel("depth (larger = farther)", shown, cmap="viridis", label="depth"))
+        confidence = ConfidenceMaps(rgb, masks, maps) if cfg.cut.method == "cuts3d" else None
         name = img["file_name"].replace("/", "__").rsplit(".", 1)[0] + ".png"
         (out / "figures").mkdir(parents=True, exist_ok=True)
-        written.append(save_scene_figure(out / "figures" / name, panels, title=img["file_name"]))
+        title = f"{img['file_name']}: {len(masks)} {cfg.cut.method} pseudo-masks (backbone {cfg.backbone})"
+        fig = scene_figure(panels, confidence, title=title, banner=banner)
+        written.append(save_figure(fig, out / "figures" / name))
     print(f"{len(written)} figures in {out / 'figures'}; pseudo-masks in {result}")
     return written
 

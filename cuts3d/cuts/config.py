@@ -34,9 +34,19 @@ class CutConfig:
         si_beta: beta, lower bound of the normalised Spatial Importance (Eq. 2). GUESS 0.6.
         si_sigma: sigma of the Gaussian in Eq. 1, in patches of the feature grid. GUESS 1.0.
         si_abs: take |G*D - D| (True) or the signed, then min-max normalised, difference. GUESS True.
+        si_form: how the normalised importance s (Eq. 2, in [beta, 1]) becomes node exponents in Eq. 3 (see
+            :func:`cuts3d.cuts.spatial_importance.si_exponents`): ``"literal"`` e = s (the equations as
+            printed: flat regions get beta, which raises their similarities and creates edges across
+            tau_ncut), ``"inverted"`` e = 1 + beta - s (3D borders raised), ``"reciprocal"`` e = 1 / s
+            (only pairs at 3D borders are lowered; never creates an edge). GUESS; chosen by measurement.
         si_exponent: how the node-wise map becomes the exponent of edge (i, j) in Eq. 3:
             ``"pair_mean"`` uses (s_i + s_j) / 2 (symmetric, GUESS default); ``"column"`` uses s_j
             (numpy broadcasting, not symmetric: an edge is kept when either direction passes).
+        depth_scale: how depth becomes the point cloud's z (see :mod:`cuts3d.cuts.pointcloud`): ``"log"``
+            z = depth_gain * ln(D / median D), so LocalCut sees depth ratios and a far backdrop does not
+            matter; ``"minmax"`` z = per-image min-max normalised depth (the spec's GUESS; a backdrop 20-60x
+            deeper than the objects flattens them). Spatial Importance is computed on the same z.
+        depth_gain: multiplier of the log depth (about the focal length in image widths). GUESS 1.0.
         tau_knn: tau_knn, LocalCut drops kNN edges longer than this (unit-scale cloud; Table 5a: 0.115).
         knn_k: k of the kNN graph on the 3D points. GUESS 10.
         knn_capacity: ``"unit"`` (every kept edge has capacity 1, mirroring MaskCut's binary W) or
@@ -83,7 +93,10 @@ class CutConfig:
     si_beta: float = 0.6
     si_sigma: float = 1.0
     si_abs: bool = True
+    si_form: Literal["literal", "inverted", "reciprocal"] = "literal"
     si_exponent: Literal["pair_mean", "column"] = "pair_mean"
+    depth_scale: Literal["log", "minmax"] = "minmax"
+    depth_gain: float = 1.0
     tau_knn: float = 0.115
     knn_k: int = 10
     knn_capacity: Literal["unit", "gaussian"] = "unit"
@@ -93,6 +106,7 @@ class CutConfig:
     confidence_taus: tuple[float, ...] = field(default_factory=_default_confidence_taus)
     confidence_floor: float = 0.5
     rest_iou: float = 0.9
+    score_front: bool = False
     max_iou_prev: float = 0.5
     min_area: float = 0.01
     crf: bool = True
@@ -111,7 +125,9 @@ class CutConfig:
         self.confidence_taus = tuple(float(t) for t in self.confidence_taus)
         choices = {
             "method": ("cuts3d", "maskcut"),
+            "si_form": ("literal", "inverted", "reciprocal", "soft"),
             "si_exponent": ("pair_mean", "column"),
+            "depth_scale": ("log", "minmax"),
             "knn_capacity": ("unit", "gaussian"),
             "depth_pool": ("median", "avg", "center"),
             "sink": ("min_abs", "far"),

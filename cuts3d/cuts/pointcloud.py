@@ -1,8 +1,19 @@
 """Depth on the patch grid and its orthographic point cloud (paper Sec. 3.2; spec 3.1 and 7.4).
 
 The depth map is adapted to the resolution of the patch feature map and unprojected orthographically: patch
-(r, c) becomes p = (c / s, r / s, z) with s = max(h, w) and z the per-image min-max normalised depth, so the
-cloud has unit scale and tau_knn ~ 0.1 is meaningful. No camera intrinsics are used (as in the paper).
+(r, c) becomes p = (c / s, r / s, z) with s = max(h, w), so x and y span [0, 1) and tau_knn ~ 0.1 is
+meaningful. No camera intrinsics are used (as in the paper). How depth D becomes z is a GUESS (spec 3.1):
+
+- ``"log"`` (default): z = gain * ln(D / median D). A depth step between two surfaces becomes their depth
+  *ratio*, which is what a camera sees (neighbouring patches at depth D lie about D / f apart, so a step dD
+  matters as dD / D), and it does not depend on how far the farthest pixel is: a sky 50x deeper than the
+  objects only moves its own points away. It is invariant to the unknown scale of relative depth models;
+  inverted disparity (Depth Anything, see :func:`cuts3d.depth.models.disparity_to_depth`) and metric depth
+  (ZoeDepth) both work. Depth with values <= 0 (e.g. a min-max normalised map) is shifted so that its
+  minimum sits at 1/20 of its range above 0, the same 20:1 range the disparity conversion allows.
+- ``"minmax"``: z = (D - min D) / (max D - min D) over the image, the spec's first recommendation. A far
+  backdrop compresses the objects' depth gaps to a few thousandths, below tau_knn, and LocalCut stops
+  cutting (kept for comparison).
 """
 
 from __future__ import annotations
@@ -21,17 +32,21 @@ def _block_view(depth: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return depth[np.ix_(rows, cols)].reshape(h, k, w, k)
 
 
-def depth_to_grid(depth: np.ndarray, grid: tuple[int, int], pool: str = "median") -> tuple[np.ndarray, bool]:
-    """Resample depth to the patch grid and min-max normalise it.
+def depth_to_grid(
+    depth: np.ndarray, grid: tuple[int, int], pool: str = "median", scale: str = "minmax", gain: float = 1.0
+) -> tuple[np.ndarray, bool]:
+    """Resample depth to the patch grid and scale it to the point cloud's z (see the module docstring).
 
     Args:
         depth: (H, W) float depth, larger = farther, any resolution; NaN/inf are missing values.
         grid: (h, w) patch grid.
         pool: ``"median"`` or ``"avg"`` over each patch's pixels, or ``"center"`` (the centre pixel).
+        scale: ``"minmax"`` (z in [0, 1]) or ``"log"`` (z = gain * ln(D / median D)).
+        gain: multiplier of ``"log"`` z (unused by ``"minmax"``).
 
     Returns:
-        ``(z, has_3d)``: z (h, w) float64 in [0, 1]; patches without any valid pixel take the value of the
-        nearest valid patch. ``has_3d`` is False when the depth is constant or entirely missing (then z is 0).
+        ``(z, has_3d)``: z (h, w) float64; patches without any valid pixel take the value of the nearest
+        valid patch. ``has_3d`` is False when the depth is constant or entirely missing (then z is 0).
     """
     depth = np.asarray(depth, dtype=np.float64)
     if depth.ndim != 2:
@@ -62,7 +77,35 @@ def depth_to_grid(depth: np.ndarray, grid: tuple[int, int], pool: str = "median"
     lo, hi = float(z.min()), float(z.max())
     if hi - lo < 1e-9 * max(1.0, abs(hi)):
         return np.zeros(grid), False
-    return (z - lo) / (hi - lo), True
+    if scale == "minmax":
+        return (z - lo) / (hi - lo), True
+    if scale == "log":
+        return gain * log_depth(z), True
+    raise ValueError(f"unknown depth scale {scale!r}; choose log or minmax")
+
+
+# Smallest depth as a fraction of the depth range when depth must be shifted to be positive (the 20:1 range
+# of Depth Anything's disparity conversion, DISPARITY_EPS = 0.05).
+_SHIFT_FLOOR = 0.05
+
+
+def log_depth(z: np.ndarray) -> np.ndarray:
+    """ln(z / median z) of a finite, non-constant depth array; values <= 0 are shifted first.
+
+    Args:
+        z: float depth, larger = farther, any units (metres, 1 / disparity, or a normalised map).
+
+    Returns:
+        float64 array of the same shape, 0 at the median depth; differences are log depth ratios.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    lo, hi = float(z.min()), float(z.max())
+    if lo <= 0:
+        # Depth known only up to an offset (e.g. min-max normalised): put the nearest point at 1/20 of the
+        # range, as the disparity conversion does, rather than at 0 where the logarithm diverges.
+        z = z - lo + _SHIFT_FLOOR * (hi - lo)
+    logz = np.log(z)
+    return logz - float(np.median(logz))
 
 
 def _nan_reduce(blocks: np.ndarray, fn) -> np.ndarray:

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cuts3d.cuts.affinity import binarize, cosine_similarity, mask_out
+from cuts3d.cuts.affinity import binarize, cosine_similarity, mask_out, soft_sharpened
 from cuts3d.cuts.confidence import spatial_confidence
 from cuts3d.cuts.config import CutConfig
+from cuts3d.cuts.foreground import front_fraction
 from cuts3d.cuts.localcut import knn_graph, localcut
 from cuts3d.cuts.ncut import bipartition, fiedler_vector, resolve_solver, seed_component
 from cuts3d.cuts.pointcloud import depth_to_grid, unproject
-from cuts3d.cuts.spatial_importance import sharpened_threshold, spatial_importance
+from cuts3d.cuts.spatial_importance import edge_exponents, sharpened_threshold, si_exponents, spatial_importance
 from cuts3d.masks.crf import crf_available, refine, warn_crf_missing
 from cuts3d.masks.filters import mask_iou, passes_maskcut_filters, upsample_nearest
 
@@ -69,6 +70,7 @@ class _Cut:
     confidence: np.ndarray | None
     score: float
     iteration: int
+    front: float = 1.0
 
 
 def _as_features(features: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -199,17 +201,25 @@ def _cuts3d_rounds(
 ) -> list[_Cut]:
     """CutS3D rounds (spec 3.3): sharpened NCut -> rest check -> LocalCut -> Spatial Confidence."""
     n = grid[0] * grid[1]
-    z, has_3d = depth_to_grid(depth, grid, config.depth_pool)
+    z, has_3d = depth_to_grid(depth, grid, config.depth_pool, config.depth_scale, config.depth_gain)
     points = unproject(z)
-    threshold = None
+    threshold = soft_exponent = None
     if config.spatial_importance and has_3d:
-        importance = spatial_importance(z, config.si_sigma, config.si_beta, config.si_abs).ravel()
-        threshold = sharpened_threshold(importance, config.tau_ncut, config.si_exponent, device)
+        importance = spatial_importance(z, config.si_sigma, config.si_beta, config.si_abs)
+        exponents = si_exponents(importance, config.si_beta, config.si_form).ravel()
+        if config.si_form == "soft":
+            soft_exponent = edge_exponents(exponents, config.si_exponent, device)
+        else:
+            threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
     painted = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
     for k in range(config.n_iters):
-        w_aff = binarize(mask_out(similarity, painted), config.tau_ncut, config.eps, threshold)
+        masked = mask_out(similarity, painted)
+        if soft_exponent is not None:
+            w_aff = soft_sharpened(masked, config.tau_ncut, config.eps, soft_exponent)
+        else:
+            w_aff = binarize(masked, config.tau_ncut, config.eps, threshold)
         x = _fiedler(w_aff, config, device)
         if x is None:
             break
@@ -242,7 +252,8 @@ def _cuts3d_rounds(
         if not passes_maskcut_filters(previous, m, config.max_iou_prev, config.min_area):
             continue
         previous = m
-        cuts.append(_Cut(m, confidence, 0.0, k))
+        front = front_fraction(m, z, 0.5 * config.tau_knn) if has_3d else 1.0
+        cuts.append(_Cut(m, confidence, 0.0, k, front))
     return cuts
 
 
@@ -284,5 +295,7 @@ def _finalize(cuts: list[_Cut], out_shape: tuple[int, int], image: np.ndarray | 
         score = c.score
         if c.confidence is not None:
             score = float(upsample_nearest(c.confidence, out_shape)[mask].mean())
+            if config.score_front:
+                score *= 0.5 * (1.0 + c.front)
         instances.append(Instance(mask, c.patch_mask, c.confidence, score, c.iteration))
     return instances

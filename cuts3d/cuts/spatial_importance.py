@@ -40,25 +40,61 @@ def spatial_importance(depth: np.ndarray, sigma: float, beta: float, absolute: b
     return beta + (1.0 - beta) * (dsi - lo) / (hi - lo)
 
 
-def sharpened_threshold(importance: np.ndarray, tau: float, mode: str, device: torch.device) -> torch.Tensor:
-    """Per-edge threshold on S equivalent to binarising clip(S, 0, 1) ** e_ij at tau (Eq. 3).
+SI_FORMS = ("literal", "inverted", "reciprocal")
+
+
+def si_exponents(importance: np.ndarray, beta: float, form: str) -> np.ndarray:
+    """Node exponents of Eq. 3 from the normalised Spatial Importance (values in [beta, 1]).
 
     Args:
-        importance: (n,) node importance in [beta, 1] (flattened :func:`spatial_importance`).
+        importance: Spatial Importance from :func:`spatial_importance`, in [beta, 1].
+        beta: its lower bound.
+        form: ``"literal"``: e = importance, in [beta, 1]: flat regions get beta < 1, which *raises* their
+            similarities, so pairs below tau_ncut can cross it (new edges appear anywhere away from depth
+            edges). ``"inverted"``: e = 1 + beta - importance: 3D borders get beta and their similarities
+            are raised ("include the spatially important areas of the object in the semantic mask").
+            ``"reciprocal"``: e = 1 / importance, in [1, 1 / beta]: flat regions keep their similarities and
+            pairs at 3D borders are lowered, so an edge can only disappear where depth jumps ("make cuts
+            along object boundaries more likely"); it can never create an edge.
+
+    Returns:
+        float64 array of the same shape: the exponents.
+    """
+    if form in ("literal", "soft"):
+        return np.asarray(importance, dtype=np.float64)
+    if form == "inverted":
+        return 1.0 + beta - np.asarray(importance, dtype=np.float64)
+    if form == "reciprocal":
+        return 1.0 / np.asarray(importance, dtype=np.float64)
+    raise ValueError(f"unknown Spatial Importance form {form!r}; choose one of {SI_FORMS}")
+
+
+def edge_exponents(exponents: np.ndarray, mode: str, device: torch.device | str) -> torch.Tensor:
+    """(n, n) float32 exponent e_ij of Eq. 3 from (n,) node exponents.
+
+    ``"pair_mean"``: e_ij = (e_i + e_j) / 2. ``"column"``: the numpy broadcast ``S ** e[None, :]`` uses e_j,
+    which is not symmetric; an edge is kept when either direction passes, i.e. with min(e_i, e_j) (S <= 1,
+    so the smaller exponent gives the larger power).
+    """
+    e = torch.as_tensor(exponents, dtype=torch.float32, device=device)
+    if mode == "pair_mean":
+        return 0.5 * (e[:, None] + e[None, :])
+    if mode == "column":
+        return torch.minimum(e[:, None], e[None, :])
+    raise ValueError(f"unknown Spatial Importance exponent mode {mode!r}; choose pair_mean or column")
+
+
+def sharpened_threshold(exponents: np.ndarray, tau: float, mode: str, device: torch.device | str) -> torch.Tensor:
+    """Per-edge threshold on S equivalent to binarising clip(S, 0, 1) ** e_ij at tau (Eq. 3, then MaskCut).
+
+    Args:
+        exponents: (n,) positive node exponents (flattened :func:`si_exponents`).
         tau: tau_ncut.
-        mode: ``"pair_mean"``: e_ij = (s_i + s_j) / 2; ``"column"``: e_ij = s_j as in the numpy broadcast
-            ``S ** s[None, :]``, made symmetric by keeping an edge when either direction passes.
+        mode: see :func:`edge_exponents`.
         device: where to build the (n, n) tensor.
 
     Returns:
-        (n, n) float32 tensor T with S ** e_ij > tau  <=>  S > T_ij.
+        (n, n) float32 tensor T with clip(S, 0, 1) ** e_ij > tau  <=>  S > T_ij.
     """
-    s = torch.as_tensor(importance, dtype=torch.float32, device=device)
-    if mode == "pair_mean":
-        exponent = 0.5 * (s[:, None] + s[None, :])
-    elif mode == "column":
-        # tau ** (1 / e) grows with e, so "either direction passes" is the threshold of the smaller exponent.
-        exponent = torch.minimum(s[:, None], s[None, :])
-    else:
-        raise ValueError(f"unknown Spatial Importance exponent mode {mode!r}")
-    return torch.pow(torch.tensor(tau, dtype=torch.float32, device=device), 1.0 / exponent)
+    e = edge_exponents(exponents, mode, device)
+    return torch.pow(torch.tensor(tau, dtype=torch.float32, device=e.device), 1.0 / e)

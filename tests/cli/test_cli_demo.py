@@ -21,6 +21,11 @@ def test_demo_writes_figures_summary_and_config(tmp_path, capsys):
     assert yaml.safe_load((out / "config.yaml").read_text())["crf"] is False
     printed = capsys.readouterr().out
     assert "| cuts3d |" in printed and "mask AP50" in printed
+    note = "figures: 2 of 3 scenes drawn (scene_0000.png .. scene_0001.png); --figures N draws more"
+    assert note in printed and note in (out / "summary.md").read_text()
+    from PIL import Image
+
+    assert Image.open(out / "scene_0000.png").size[0] >= 3 * 480  # three large panels per row
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -36,8 +41,12 @@ def test_config_file_and_overrides(tmp_path):
         load_cut_config(tmp_path / "missing.yaml")
 
 
-def test_demo_on_real_images_writes_figures_and_json(tmp_path):
+def test_demo_on_real_images_writes_figures_and_json(tmp_path, monkeypatch):
     from pathlib import Path
+
+    from matplotlib.text import Text
+
+    import cuts3d.viz.panels as panels
 
     data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "coco_val2017_dev128" / "images"
     if not data.is_dir():
@@ -47,7 +56,19 @@ def test_demo_on_real_images_writes_figures_and_json(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--input", str(listing), "--output", str(out), "--backbone", "dino_vits16", "--weights", "none",
             "--depth-weights", "none", "size=128", "depth_overrides=tiny", "depth_input_size=56", "cut.crf=false"]
+    figures_drawn = []
+    real_scene_figure = panels.scene_figure
+
+    def recording_scene_figure(*a, **kw):
+        fig = real_scene_figure(*a, **kw)
+        figures_drawn.append([t.get_text() for t in fig.findobj(Text)])
+        return fig
+
+    monkeypatch.setattr(panels, "scene_figure", recording_scene_figure)
     assert main(args) == 0
+    # random backbone and depth weights: every figure's title carries the red warning banner
+    assert len(figures_drawn) == 2
+    assert all(any(panels.RANDOM_WEIGHTS_BANNER in t and "backbone, depth" in t for t in texts) for texts in figures_drawn)
     coco = json.loads((out / "annotations.json").read_text())
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == sorted(i["file_name"].rsplit(".", 1)[0] + ".png" for i in coco["images"]) and len(figures) == 2

@@ -1,8 +1,8 @@
-"""Synthetic 3D scenes with known instance masks, for tests, the demo and benchmarks.
+"""Scene family ``blobs``: ellipsoids over a ground plane (the repository's first generator).
 
 Usage::
 
-    from cuts3d.synthetic import make_scene, touching_pair_scene
+    from cuts3d.synthetic.blobs import make_scene, touching_pair_scene
     scene = make_scene(seed=3)                 # random scene, seeded
     scene.features, scene.depth, scene.image, scene.masks
 
@@ -24,26 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-
-@dataclass
-class Scene:
-    """One synthetic scene.
-
-    Attributes:
-        features: (C, h, w) float32 patch features.
-        depth: (H, W) float32 depth, larger = farther, in scene units (about 0.1-1.0), edges softened.
-        image: (H, W, 3) uint8 RGB.
-        masks: (K, H, W) bool visible ground-truth instance masks (K may be 0).
-        classes: (K,) int object class of each instance (0 .. n_classes - 1).
-        patch_size: pixels per patch side (H = h * patch_size).
-    """
-
-    features: np.ndarray
-    depth: np.ndarray
-    image: np.ndarray
-    masks: np.ndarray
-    classes: np.ndarray
-    patch_size: int
+from cuts3d.synthetic.scene import Scene
 
 
 @dataclass
@@ -63,11 +44,18 @@ class _Object:
 _N_BACKGROUND = 6
 
 
-def _render(objects: list[_Object], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Z-buffer render: returns depth (H, W) and label (H, W) (-1 background, else object index)."""
+def _render(objects: list[_Object], size: int, backdrop: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Z-buffer render: returns depth (H, W) and label (H, W) (-1 background, else object index).
+
+    ``backdrop = (horizon, ratio)`` puts a far backdrop (sky, distant buildings) above the image row fraction
+    ``horizon``, at ``ratio`` times the ground plane's farthest depth.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
     # Background: a ground plane, depth 1.0 at the top to 0.65 at the bottom, with a gentle sideways tilt.
     depth = 1.0 - 0.35 * yy + 0.03 * (xx - 0.5)
+    if backdrop is not None:
+        horizon, ratio = backdrop
+        depth[yy < horizon] = ratio * depth.max()
     label = np.full((size, size), -1, dtype=np.int64)
     for idx, o in enumerate(objects):
         inside = ((yy - o.cy) / o.ry) ** 2 + ((xx - o.cx) / o.rx) ** 2 <= 1.0
@@ -98,9 +86,10 @@ def _scene_from_objects(
     instance_offset: float,
     min_area: float,
     depth_blur: float,
+    backdrop: tuple[float, float] | None = None,
 ) -> Scene:
     size = grid * patch_size
-    depth, label = _render(objects, size)
+    depth, label = _render(objects, size, backdrop)
     # Monocular depth estimators blur depth edges; a crisp z-buffer would make every 3D border trivial.
     blurred_depth = ndimage.gaussian_filter(depth, sigma=depth_blur * patch_size, mode="nearest") if depth_blur > 0 else depth
 
@@ -132,7 +121,7 @@ def _scene_from_objects(
     rgb = _smooth_weights(rng, _N_BACKGROUND, size, 0.15) @ bg_palette
     for idx, o in enumerate(objects):
         rgb[label == idx] = cls_palette[o.cls] + rng.normal(0, 6, size=3)
-    rgb *= (1.15 - 0.3 * depth)[..., None]
+    rgb *= (1.15 - 0.3 * np.minimum(depth, 1.0))[..., None]
     rgb += rng.normal(0, 4, size=rgb.shape)
     image = np.clip(rgb, 0, 255).astype(np.uint8)
 
@@ -157,6 +146,7 @@ def make_scene(
     min_depth_gap: float = 0.15,
     min_area: float = 0.01,
     depth_blur: float = 0.25,
+    far_backdrop: bool = False,
 ) -> Scene:
     """A random scene with at least one touching same-class pair at different depths.
 
@@ -174,6 +164,9 @@ def make_scene(
         min_area: objects whose visible area is below this image fraction are not ground truth.
         depth_blur: standard deviation of the Gaussian blur of the depth map, in patches (as a monocular
             depth estimator softens depth edges); 0 keeps the crisp z-buffer.
+        far_backdrop: put a backdrop 20-60 times deeper than the ground plane above a random horizon (15-35 %
+            of the image height), as metric depth and inverted disparity give for sky or a distant street.
+            Objects, features and image are the same as without it (the random draws come last).
     """
     rng = np.random.default_rng(seed)
     count = int(rng.integers(max(2, n_objects[0]), max(2, n_objects[1]) + 1))
@@ -204,7 +197,14 @@ def make_scene(
     objects += [a, b]
     for _ in range(count - 2):
         objects.append(random_object(int(rng.integers(n_classes))))
-    return _scene_from_objects(objects, rng, grid, patch_size, channels, n_classes, feature_noise, background_noise, instance_offset, min_area, depth_blur)
+    backdrop = None
+    if far_backdrop:
+        # A separate stream, so the objects, features and colours equal those of the ordinary scene.
+        far_rng = np.random.default_rng([seed, 1])
+        backdrop = (float(far_rng.uniform(0.15, 0.35)), float(far_rng.uniform(20.0, 60.0)))
+    return _scene_from_objects(
+        objects, rng, grid, patch_size, channels, n_classes, feature_noise, background_noise, instance_offset, min_area, depth_blur, backdrop
+    )
 
 
 def touching_pair_scene(
