@@ -31,7 +31,8 @@ from tqdm import tqdm
 from cuts3d.config_io import load_cut_config, save_config
 from cuts3d.cuts.segment import segment
 from cuts3d.masks.coco import ground_truth_dataset, mask_annotation
-from cuts3d.synthetic import make_scene
+from cuts3d.synthetic import FAMILIES, make_family_scene
+from cuts3d.synthetic.quality import background_outranks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,15 +64,20 @@ def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0
         "maskcut": dataclasses.replace(config, method="maskcut", eigensolver="dense"),
         "cuts3d": dataclasses.replace(config, method="cuts3d"),
     }
+    families = list(FAMILIES)
     gts, preds = [], {name: [] for name in methods}
+    outranks = {name: 0 for name in methods}
     for idx in tqdm(range(num_scenes), desc="demo scenes", unit="scene"):
-        scene = make_scene(seed + idx)
+        # Scenes cycle through the families (blobs, indoor, street, tabletop, blobs, ...).
+        family = families[idx % len(families)]
+        scene = make_family_scene(family, seed + idx)
         gts.append(scene.masks)
         results = {name: segment(scene.features, scene.depth, scene.image, cfg) for name, cfg in methods.items()}
         for name, insts in results.items():
             preds[name] += [mask_annotation(i.mask, idx + 1, i.score) for i in insts]
+            outranks[name] += background_outranks(insts, scene.masks)
         if idx < figures:
-            _draw_scene(output / f"scene_{seed + idx:04d}.png", scene, seed + idx, results)
+            _draw_scene(output / f"scene_{seed + idx:04d}.png", scene, f"{family}, seed {seed + idx}", results, config)
     gt = ground_truth_dataset(gts)
     summary = {}
     for name, dets in preds.items():
@@ -80,14 +86,16 @@ def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0
             summary[name] = {"AP50": m["AP50"], "AP": m["AP"], "masks": len(dets)}
         else:
             summary[name] = {"AP50": 0.0, "AP": 0.0, "masks": 0}
+        summary[name]["background_first"] = outranks[name]
     lines = [
-        f"Synthetic scenes: {num_scenes} (seeds {seed}..{seed + num_scenes - 1}), "
+        f"Synthetic scenes: {num_scenes} (seeds {seed}..{seed + num_scenes - 1}; families "
+        f"{', '.join(families[: min(num_scenes, len(families))])} in turn), "
         f"ground-truth instances: {sum(len(g) for g in gts)}, CRF: {config.crf}",
         "",
-        "| method | mask AP50 | mask AP | masks |",
-        "|---|---:|---:|---:|",
+        "| method | mask AP50 | mask AP | masks | scenes whose top mask is background |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {k} | {v['AP50']:.1f} | {v['AP']:.1f} | {v['masks']} |" for k, v in summary.items()]
+    lines += [f"| {k} | {v['AP50']:.1f} | {v['AP']:.1f} | {v['masks']} | {v['background_first']} |" for k, v in summary.items()]
     table = "\n".join(lines)
     drawn = _figures_note(num_scenes, figures, seed)
     (output / "summary.md").write_text(table + "\n\n" + drawn + "\n")
@@ -98,12 +106,14 @@ def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0
     return summary
 
 
-def _score_name(method: str) -> str:
+def _score_name(method: str, score_front: bool = False) -> str:
     """What an instance's score is, for the legends."""
-    return "mean SC" if method == "cuts3d" else "NCut strength"
+    if method != "cuts3d":
+        return "NCut strength"
+    return "mean SC x 3D front" if score_front else "mean SC"
 
 
-def _draw_scene(path: Path, scene, seed: int, results: dict) -> Path:
+def _draw_scene(path: Path, scene, name: str, results: dict, config) -> Path:
     """The figure of one synthetic scene: image, depth, ground truth, both methods' masks, CutS3D's SC maps."""
     from cuts3d.viz.panels import ConfidenceMaps, MapPanel, MasksPanel, save_figure, scene_figure
 
@@ -113,10 +123,10 @@ def _draw_scene(path: Path, scene, seed: int, results: dict) -> Path:
         MapPanel("depth (larger = farther)", scene.depth, cmap="viridis", label="depth"),
         MasksPanel(f"ground truth ({len(scene.masks)})", scene.image, list(scene.masks)),
         MasksPanel(f"MaskCut ({len(mc)})", scene.image, [i.mask for i in mc], [i.score for i in mc], _score_name("maskcut")),
-        MasksPanel(f"CutS3D ({len(c3)})", scene.image, [i.mask for i in c3], [i.score for i in c3], _score_name("cuts3d")),
+        MasksPanel(f"CutS3D ({len(c3)})", scene.image, [i.mask for i in c3], [i.score for i in c3], _score_name("cuts3d", config.score_front)),
     ]
     confidence = ConfidenceMaps(scene.image, [i.mask for i in c3], [i.confidence for i in c3], title="CutS3D: Spatial Confidence per instance")
-    title = f"synthetic scene, seed {seed}: {len(scene.masks)} ground-truth objects (instances numbered in discovery order)"
+    title = f"synthetic scene ({name}): {len(scene.masks)} ground-truth objects (instances numbered in discovery order)"
     note = (
         "How to read the masks panels:\n"
         "- numbers: instances in discovery order\n"
@@ -124,6 +134,8 @@ def _draw_scene(path: Path, scene, seed: int, results: dict) -> Path:
         "  MaskCut: NCut strength (mean of the\n"
         "  scaled Fiedler vector over the mask)\n"
         "  CutS3D: mean Spatial Confidence\n"
+        "  x (1 + share of the surroundings\n"
+        "  lying behind the mask) / 2\n"
         "- colours only tell instances apart;\n"
         "  they do not match across panels"
     )
@@ -183,7 +195,7 @@ def run_images_demo(cfg) -> list[Path]:
         scores = [float(a.get("score", float("nan"))) for a in anns]
         panels = [
             MapPanel("image", rgb),
-            MasksPanel(f"{cfg.cut.method} masks ({len(masks)})", rgb, masks, scores, _score_name(cfg.cut.method)),
+            MasksPanel(f"{cfg.cut.method} masks ({len(masks)})", rgb, masks, scores, _score_name(cfg.cut.method, cfg.cut.score_front)),
         ]
         if depth is not None:
             # the cached depth is the square network input; show it at the image's aspect ratio

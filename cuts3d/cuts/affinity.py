@@ -53,21 +53,26 @@ def binarize(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.
     return np.where(above.cpu().numpy(), 1.0, eps)
 
 
-def soft_sharpened(similarity: torch.Tensor, tau: float, eps: float, exponent: torch.Tensor) -> np.ndarray:
-    """MaskCut's edges (S > tau) weighted by clip(S, 0, 1) ** e_ij; eps elsewhere (Spatial Importance "soft").
+def weighted(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.Tensor | None = None,
+             exponent: torch.Tensor | None = None) -> np.ndarray:
+    """MaskCut's edges (S > tau) weighted by the similarity itself, optionally sharpened: clip(S, 0, 1) ** e_ij.
 
-    The edge set is exactly MaskCut's, so sharpening can neither create nor remove an edge; it only makes
-    edges in flat regions (small e_ij) heavier than edges across 3D borders (e_ij near 1), so NCut's cut
-    prefers 3D borders.
+    The edge set is MaskCut's (or the one ``threshold`` gives), so an exponent can neither create nor remove an
+    edge; exponents below 1 make an edge heavier. With Spatial Importance exponents (``si_apply="weights"``)
+    edges in flat regions get heavier than edges across 3D borders, so NCut's cut prefers 3D borders.
 
     Args:
         similarity: (n, n) tensor S.
         tau: tau_ncut.
-        eps: weight of the edges at or below tau.
-        exponent: (n, n) tensor e_ij (see :func:`cuts3d.cuts.spatial_importance.edge_exponents`).
+        eps: weight of the edges at or below the threshold.
+        threshold: optional (n, n) per-edge threshold replacing ``tau``.
+        exponent: optional (n, n) tensor e_ij (see :func:`cuts3d.cuts.spatial_importance.edge_exponents`).
 
     Returns:
         (n, n) float64 numpy affinity.
     """
-    weights = torch.pow(similarity.clamp(0.0, 1.0), exponent.to(similarity.dtype))
-    return torch.where(similarity > tau, weights, torch.full_like(weights, eps)).double().cpu().numpy()
+    weights = similarity.clamp(0.0, 1.0)
+    if exponent is not None:
+        weights = torch.pow(weights, exponent.to(similarity.dtype))
+    above = similarity > (tau if threshold is None else threshold)
+    return torch.where(above, weights, torch.full_like(weights, eps)).double().cpu().numpy()

@@ -30,22 +30,37 @@ class CutConfig:
         n_iters: N, the number of NCut rounds per image (CutLER: 3).
         tau_ncut: tau_ncut, threshold that binarises the cosine affinity W (CutLER README: 0.15).
         eps: weight given to affinity edges below tau_ncut (CutLER: 1e-5).
-        spatial_importance: use Spatial Importance sharpening (Eq. 1-3) before binarising (cuts3d only).
+        affinity: edge weights of the NCut graph for cuts3d. ``"binary"``: MaskCut's W = 1 where S > tau_ncut
+            else eps. ``"similarity"`` (default): the same edges weighted by the cosine similarity S itself
+            (the paper's "affinity graph with cosine similarities as edge weights", Sec. 3.1); measured +4 to
+            +9 mean AP50 over binary on the synthetic families (benchmarks/RESULTS.md). maskcut is always binary.
+        spatial_importance: use the Spatial Importance map (Eq. 1-2) in the way ``si_apply`` says (cuts3d).
+        si_apply: how Spatial Importance enters. ``"grow"`` (default): the semantic mask handed to LocalCut
+            is grown by ``si_grow`` patches into the neighbouring patches of high importance (s >=
+            (1 + beta) / 2), the paper's stated purpose ("include the spatially important areas of the object
+            in the semantic mask for LocalCut to find the accurate 3D boundary"); NCut's graph is unchanged and
+            LocalCut cuts the added patches off again where they lie across a 3D border. ``"binarize"``: Eq. 3
+            as printed, W = clip(S, 0, 1) ** e_ij, then MaskCut's tau_ncut (edges can appear and disappear;
+            with ``si_form="literal"`` this is the paper's reading, kept for its ablation). ``"weights"``: the
+            exponent only re-weights the edges of ``affinity="similarity"`` (creates and removes none). On
+            the synthetic families every Eq. 3 form cost AP50 (literal + binarize: about -12 mean); ``"grow"``
+            was neutral (within 0.2); see README, "Defaults".
+        si_grow: patches by which ``si_apply="grow"`` grows the semantic mask. GUESS 1.
         si_beta: beta, lower bound of the normalised Spatial Importance (Eq. 2). GUESS 0.6.
         si_sigma: sigma of the Gaussian in Eq. 1, in patches of the feature grid. GUESS 1.0.
         si_abs: take |G*D - D| (True) or the signed, then min-max normalised, difference. GUESS True.
         si_form: how the normalised importance s (Eq. 2, in [beta, 1]) becomes node exponents in Eq. 3 (see
             :func:`cuts3d.cuts.spatial_importance.si_exponents`): ``"literal"`` e = s (the equations as
-            printed: flat regions get beta, which raises their similarities and creates edges across
-            tau_ncut), ``"inverted"`` e = 1 + beta - s (3D borders raised), ``"reciprocal"`` e = 1 / s
-            (only pairs at 3D borders are lowered; never creates an edge). GUESS; chosen by measurement.
-        si_exponent: how the node-wise map becomes the exponent of edge (i, j) in Eq. 3:
-            ``"pair_mean"`` uses (s_i + s_j) / 2 (symmetric, GUESS default); ``"column"`` uses s_j
+            printed: flat regions get beta, which raises their similarities), ``"inverted"`` e = 1 + beta - s
+            (3D borders raised), ``"reciprocal"`` e = 1 / s (only pairs at 3D borders are lowered). Used by
+            ``si_apply="binarize"`` and ``"weights"``.
+        si_exponent: how the node-wise exponents become the exponent of edge (i, j) in Eq. 3:
+            ``"pair_mean"`` uses (e_i + e_j) / 2 (symmetric, GUESS default); ``"column"`` uses e_j
             (numpy broadcasting, not symmetric: an edge is kept when either direction passes).
         depth_scale: how depth becomes the point cloud's z (see :mod:`cuts3d.cuts.pointcloud`): ``"log"``
-            z = depth_gain * ln(D / median D), so LocalCut sees depth ratios and a far backdrop does not
-            matter; ``"minmax"`` z = per-image min-max normalised depth (the spec's GUESS; a backdrop 20-60x
-            deeper than the objects flattens them). Spatial Importance is computed on the same z.
+            (default) z = depth_gain * ln(D / median D), so LocalCut sees depth ratios and a far backdrop does
+            not matter; ``"minmax"`` z = per-image min-max normalised depth (the spec's GUESS; a backdrop
+            20-60x deeper than the objects flattens them to below tau_knn). Spatial Importance uses the same z.
         depth_gain: multiplier of the log depth (about the focal length in image widths). GUESS 1.0.
         tau_knn: tau_knn, LocalCut drops kNN edges longer than this (unit-scale cloud; Table 5a: 0.115).
         knn_k: k of the kNN graph on the 3D points. GUESS 10.
@@ -69,6 +84,12 @@ class CutConfig:
         confidence_floor: minimum value of the Spatial Confidence map inside its region (Table 5c: 0.5).
         rest_iou: stop when the semantic bipartition has IoU >= this with the complement of all masks
             found so far, the paper's "rest" rule. GUESS 0.9.
+        score_front: multiply each cuts3d mask's score (mean Spatial Confidence, Sec. 3.4) by
+            (1 + f) / 2, f = the share of the patches around the mask that lie behind it by more than
+            tau_knn / 2 (:func:`cuts3d.cuts.foreground.front_fraction`; the image frame counts as not behind).
+            Objects stand in front of their surroundings, walls, floors and skies do not, so background
+            masks (mean SC 1.0: nothing to cut inside them) no longer rank first or go first into confident
+            copy-paste. Not in the paper; False gives the paper's score. Chosen by measurement.
         max_iou_prev: MaskCut drops a mask whose IoU with the previous round's mask exceeds this (0.5).
         min_area: MaskCut drops a mask covering at most this fraction of the patch grid (0.01).
         crf: refine each mask with a dense CRF when an image is given (needs ``pip install cuts3d[crf]``;
@@ -89,13 +110,16 @@ class CutConfig:
     n_iters: int = 3
     tau_ncut: float = 0.15
     eps: float = 1e-5
+    affinity: Literal["binary", "similarity"] = "similarity"
     spatial_importance: bool = True
+    si_apply: Literal["grow", "binarize", "weights"] = "grow"
+    si_grow: int = 1
     si_beta: float = 0.6
     si_sigma: float = 1.0
     si_abs: bool = True
     si_form: Literal["literal", "inverted", "reciprocal"] = "literal"
     si_exponent: Literal["pair_mean", "column"] = "pair_mean"
-    depth_scale: Literal["log", "minmax"] = "minmax"
+    depth_scale: Literal["log", "minmax"] = "log"
     depth_gain: float = 1.0
     tau_knn: float = 0.115
     knn_k: int = 10
@@ -106,7 +130,7 @@ class CutConfig:
     confidence_taus: tuple[float, ...] = field(default_factory=_default_confidence_taus)
     confidence_floor: float = 0.5
     rest_iou: float = 0.9
-    score_front: bool = False
+    score_front: bool = True
     max_iou_prev: float = 0.5
     min_area: float = 0.01
     crf: bool = True
@@ -125,7 +149,9 @@ class CutConfig:
         self.confidence_taus = tuple(float(t) for t in self.confidence_taus)
         choices = {
             "method": ("cuts3d", "maskcut"),
-            "si_form": ("literal", "inverted", "reciprocal", "soft"),
+            "si_form": ("literal", "inverted", "reciprocal"),
+            "si_apply": ("grow", "binarize", "weights"),
+            "affinity": ("binary", "similarity"),
             "si_exponent": ("pair_mean", "column"),
             "depth_scale": ("log", "minmax"),
             "knn_capacity": ("unit", "gaussian"),
@@ -137,6 +163,12 @@ class CutConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CutConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.si_apply == "weights" and self.affinity != "similarity":
+            raise ValueError("CutConfig.si_apply='weights' sharpens edge weights, so it needs affinity='similarity' (binary weights are 1 ** e = 1)")
+        if self.si_grow < 0:
+            raise ValueError(f"CutConfig.si_grow must be >= 0, got {self.si_grow}")
+        if self.depth_gain <= 0:
+            raise ValueError(f"CutConfig.depth_gain must be > 0, got {self.depth_gain}")
         if self.n_iters < 1:
             raise ValueError(f"CutConfig.n_iters must be >= 1, got {self.n_iters}")
         if not 0.0 < self.si_beta <= 1.0:

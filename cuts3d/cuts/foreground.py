@@ -5,8 +5,8 @@ flat wall, floor or sky as of an object, so a background mask can score 1.0 and 
 stand in front of their surroundings; background surfaces do not (whatever borders them - the objects on a floor,
 the buildings below a sky - is closer). The *front fraction* of a mask is the share of the patches just outside
 it that lie farther away than the mask's nearby patches by more than half of tau_knn (a 3D border as LocalCut
-understands it). Patches outside the image do not count, so a mask covering the whole image has no evidence and
-scores 0.
+understands it). The frame around the image counts as surroundings that are not behind, so a floor or sky that
+runs out of the picture gets little credit and a mask covering the whole image gets 0.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 
-def front_fraction(mask: np.ndarray, z: np.ndarray, delta: float, ring: int = 2) -> float:
+def front_fraction(mask: np.ndarray, z: np.ndarray, delta: float, ring: int = 2, frame: bool = True) -> float:
     """Share of the mask's surrounding patches that lie behind it in depth.
 
     Args:
@@ -23,13 +23,20 @@ def front_fraction(mask: np.ndarray, z: np.ndarray, delta: float, ring: int = 2)
         z: (h, w) float point-cloud depth of the patches (the same z LocalCut uses; larger = farther).
         delta: depth step, in z units, that counts as "behind" (e.g. tau_knn / 2).
         ring: width in patches of the surrounding band.
+        frame: count the band beyond the image as surroundings that are not behind (default); False
+            ignores it (then a floor cut off by the image border is judged by its inner edges alone).
 
     Returns:
-        float in [0, 1]; 0 when the mask has no surrounding patch inside the image.
+        float in [0, 1]; 0 for an empty mask or the whole grid.
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return 0.0
+    # The frame beyond the image is part of the surroundings with no evidence of lying behind (z = -inf):
+    # a floor or a sky that runs out of the picture is not in front of anything there.
+    if frame:
+        mask = np.pad(mask, ring)
+        z = np.pad(np.asarray(z, dtype=np.float64), ring, constant_values=-np.inf)
     size = 2 * ring + 1
     band = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool), iterations=ring) & ~mask
     if not band.any():

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from cuts3d.cuts.affinity import binarize, cosine_similarity, mask_out, soft_sharpened
+from cuts3d.cuts.affinity import binarize, cosine_similarity, mask_out, weighted
 from cuts3d.cuts.confidence import spatial_confidence
 from cuts3d.cuts.config import CutConfig
 from cuts3d.cuts.foreground import front_fraction
@@ -51,10 +52,14 @@ class Instance:
         patch_mask: (h, w) bool on the feature grid (before upsampling and CRF).
         confidence: (h, w) float32 Spatial Confidence map in [0, 1] (1 outside the instance's confidence
             region); None for maskcut.
-        score: in [0, 1]. cuts3d: mean Spatial Confidence over ``mask``. maskcut: mean over ``patch_mask`` of
-            the oriented Fiedler vector min-max scaled to [0, 1] (how strongly NCut put the mask in the
-            foreground).
+        score: in [0, 1], for ranking. cuts3d: ``mean_confidence``, times (1 + ``front``) / 2 when
+            ``CutConfig.score_front`` (the default). maskcut: mean over ``patch_mask`` of the oriented Fiedler
+            vector min-max scaled to [0, 1] (how strongly NCut put the mask in the foreground).
         iteration: the NCut round (0-based) that found it.
+        mean_confidence: cuts3d: mean Spatial Confidence over ``mask`` (the paper's per-mask score); None
+            for maskcut.
+        front: cuts3d: share of the surrounding patches lying behind the mask in 3D
+            (:func:`cuts3d.cuts.foreground.front_fraction`; 1.0 without depth structure); None for maskcut.
     """
 
     mask: np.ndarray
@@ -62,6 +67,8 @@ class Instance:
     confidence: np.ndarray | None
     score: float
     iteration: int
+    mean_confidence: float | None = None
+    front: float | None = None
 
 
 @dataclass
@@ -203,12 +210,14 @@ def _cuts3d_rounds(
     n = grid[0] * grid[1]
     z, has_3d = depth_to_grid(depth, grid, config.depth_pool, config.depth_scale, config.depth_gain)
     points = unproject(z)
-    threshold = soft_exponent = None
+    threshold = exponent = grow_mask = None
     if config.spatial_importance and has_3d:
         importance = spatial_importance(z, config.si_sigma, config.si_beta, config.si_abs)
         exponents = si_exponents(importance, config.si_beta, config.si_form).ravel()
-        if config.si_form == "soft":
-            soft_exponent = edge_exponents(exponents, config.si_exponent, device)
+        if config.si_apply == "weights":
+            exponent = edge_exponents(exponents, config.si_exponent, device)
+        elif config.si_apply == "grow":
+            grow_mask = importance >= 0.5 * (1.0 + config.si_beta)
         else:
             threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
     painted = np.zeros(n, dtype=bool)
@@ -216,8 +225,8 @@ def _cuts3d_rounds(
     cuts: list[_Cut] = []
     for k in range(config.n_iters):
         masked = mask_out(similarity, painted)
-        if soft_exponent is not None:
-            w_aff = soft_sharpened(masked, config.tau_ncut, config.eps, soft_exponent)
+        if config.affinity == "similarity":
+            w_aff = weighted(masked, config.tau_ncut, config.eps, threshold, exponent)
         else:
             w_aff = binarize(masked, config.tau_ncut, config.eps, threshold)
         x = _fiedler(w_aff, config, device)
@@ -231,9 +240,14 @@ def _cuts3d_rounds(
         if semantic.size == 0:
             break
         if has_3d:
+            core = semantic
+            if grow_mask is not None:
+                grown = ndimage.binary_dilation(fg.reshape(grid), structure=np.ones((3, 3), bool), iterations=config.si_grow) & grow_mask
+                semantic = np.flatnonzero((fg | grown.ravel()) & ~painted)
+            pos = np.searchsorted(semantic, core)
             graph = knn_graph(points[semantic], config.knn_k)
-            source = int(np.argmax(np.abs(x[semantic])))
-            sink = _sink(points[semantic], x[semantic], source, config.sink)
+            source = int(pos[np.argmax(np.abs(x[core]))])
+            sink = int(pos[_sink(points[core], x[core], int(np.argmax(np.abs(x[core]))), config.sink)])
 
             def cut(tau: float) -> np.ndarray:
                 side = localcut(graph, source, sink, tau, config.knn_capacity, config.trivial_cut)
@@ -292,10 +306,10 @@ def _finalize(cuts: list[_Cut], out_shape: tuple[int, int], image: np.ndarray | 
             )
         if mask.sum() < 1:
             continue
-        score = c.score
+        score, mean_sc, front = c.score, None, None
         if c.confidence is not None:
-            score = float(upsample_nearest(c.confidence, out_shape)[mask].mean())
-            if config.score_front:
-                score *= 0.5 * (1.0 + c.front)
-        instances.append(Instance(mask, c.patch_mask, c.confidence, score, c.iteration))
+            mean_sc = float(upsample_nearest(c.confidence, out_shape)[mask].mean())
+            front = c.front
+            score = mean_sc * 0.5 * (1.0 + front) if config.score_front else mean_sc
+        instances.append(Instance(mask, c.patch_mask, c.confidence, score, c.iteration, mean_sc, front))
     return instances

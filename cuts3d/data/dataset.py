@@ -35,8 +35,9 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
 
     Items are ``(image, target)``: image (3, H, W) float32 in [0, 1]; target a dict with ``boxes`` (K, 4)
     float32 xyxy (tight boxes of the masks), ``labels`` (K,) int64 all 1, ``masks`` (K, H, W) uint8,
-    ``confidence`` (K, H, W) float32 SC at image resolution, ``scores`` (K,) float32 per-mask score (the
-    ``confidence_score``, else the mean SC over the mask) and ``image_id`` (int64 scalar).
+    ``confidence`` (K, H, W) float32 SC at image resolution, ``scores`` (K,) float32 per-mask score (for
+    masks with a confidence map their ``score``, CutS3D's ranking score; else the ``confidence_score``,
+    else the mean SC over the mask) and ``image_id`` (int64 scalar).
     """
 
     def __init__(self, json_path: str | Path, image_root: str | Path, filter_empty: bool = True) -> None:
@@ -92,7 +93,10 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                 conf = upsample_nearest(decode_confidence(ann["confidence"]), (H, W)).astype(np.float32)
             else:
                 conf = np.ones((H, W), np.float32)
-            score = ann.get("confidence_score")
+            # CutS3D masks rank by their `score` (mean SC x 3D front factor, so walls and skies do not go first
+            # into confident copy-paste); older files and others by `confidence_score`, else the mean SC.
+            score = ann.get("score") if "confidence" in ann else None
+            score = ann.get("confidence_score") if score is None else score
             masks.append(m)
             confs.append(conf)
             scores.append(float(conf[m].mean()) if score is None else float(score))

@@ -14,8 +14,14 @@ name                       Hugging Face id                               raw out
 Every model returns depth with *larger = farther* at the input image's resolution. Depth Anything's
 disparity is only known up to scale and shift, so it is converted by :func:`disparity_to_depth`: min-max
 normalise the disparity to [eps, 1], then depth = 1 / disparity (range [1, 1/eps]; eps = 0.05 assumes the
-farthest pixel is at most 20 times as far as the nearest). The pseudo-mask engine min-max normalises depth
-per image anyway, so only the order and the relative spacing matter, not the unit.
+farthest pixel is at most 20 times as far as the nearest). Exactly: with d the network's disparity over the
+image's finite pixels, n = 0.05 + 0.95 (d - min d) / (max d - min d) and depth = 1 / n. The nearest pixel gets
+depth 1; pixels at the smallest disparity (sky, where the network outputs about 0) get 20 whatever their true
+distance, and a pixel at a quarter of the nearest disparity gets about 1 / (0.05 + 0.95 / 4) = 3.5. If the
+disparity were exact (d = a / Z, sky at 0), depth would be Z / Z_min up to the eps term, so depth *ratios*
+between objects survive; that is why the engine's point cloud uses log depth by default
+(:mod:`cuts3d.cuts.pointcloud`): a sky at 20 does not squeeze the objects' steps, as per-image min-max
+scaling would. The unit does not matter to the engine.
 
 Weights (``build_depth_model(weights=...)``):
 

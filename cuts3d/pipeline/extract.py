@@ -8,7 +8,7 @@ Usage::
 Per image (the ViT sees a batch of images at once), in a straight line: load (EXIF, any mode -> RGB) -> resize to ``size`` x ``size`` (480, LANCZOS)
 -> ViT patch features (last-block keys) -> depth (model, cached, or precomputed files) -> :func:`cuts3d.segment`
 -> masks resized to the original image size -> COCO annotations (RLE with str counts, bbox, area, score, the
-Spatial Confidence map and its mean as ``confidence_score``) appended to the shard log. Bad input is recorded
+Spatial Confidence map, its mean as ``confidence_score`` and the 3D ``front`` share) appended to the shard log. Bad input is recorded
 with a reason and the job goes on. The merged ``annotations.json`` (see :mod:`cuts3d.pipeline.shards`) sits
 beside ``config.yaml`` (the resolved config), ``errors.jsonl`` and ``run_meta.json``.
 """
@@ -252,7 +252,8 @@ def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, featu
         extra: dict[str, Any] = {"iscrowd": 0}
         if inst.confidence is not None:
             extra["confidence"] = encode_confidence(inst.confidence)
-            extra["confidence_score"] = float(inst.score)
+            extra["confidence_score"] = float(inst.mean_confidence)
+            extra["front"] = float(inst.front)
         result["annotations"].append(mask_annotation(mask, None, inst.score, **extra))
     _add(timings, "write", t)
 

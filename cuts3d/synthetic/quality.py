@@ -9,8 +9,8 @@ Usage::
 
 A *background mask* is a prediction whose mask-IoU with every ground-truth object is below 0.1 and whose pixels
 are mostly (> 50 %) outside every object: a wall, floor, sky or the whole image. It *outranks the objects* in a
-scene when its score is higher than the score of every prediction that finds an object (IoU >= 0.5), or when
-no prediction finds one. Such masks are what a user sees first and what "confident" copy-paste picks first.
+scene when it is the scene's highest-scoring prediction (ties go against it): the first mask a user sees, and
+the first that "confident" copy-paste picks.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from cuts3d.synthetic import Scene, make_family_scene
 # IoU below which a prediction matches no object, and the share of its pixels that must lie off all objects.
 BACKGROUND_MAX_IOU = 0.1
 BACKGROUND_MIN_OFF = 0.5
-# IoU at which a prediction counts as finding an object (COCO AP50's threshold).
-FOUND_IOU = 0.5
 
 
 @dataclass
@@ -64,7 +62,7 @@ def _ious(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def background_outranks(instances: list[Instance], gt_masks: np.ndarray) -> bool:
-    """Whether a background mask scores above every prediction that finds an object (module docstring)."""
+    """Whether the highest-scoring prediction (ties included) is a background mask (module docstring)."""
     if not instances:
         return False
     pred = np.stack([i.mask for i in instances])
@@ -74,12 +72,7 @@ def background_outranks(instances: list[Instance], gt_masks: np.ndarray) -> bool
     on_objects = gt_masks.any(axis=0) if len(gt_masks) else np.zeros(pred.shape[1:], dtype=bool)
     off = np.array([(m & ~on_objects).sum() / max(int(m.sum()), 1) for m in pred])
     background = (best < BACKGROUND_MAX_IOU) & (off > BACKGROUND_MIN_OFF)
-    if not background.any():
-        return False
-    found = best >= FOUND_IOU
-    if not found.any():
-        return True
-    return bool(scores[background].max() > scores[found].max())
+    return bool(background[scores == scores.max()].any())
 
 
 def score_config(config: CutConfig, scenes: SceneSet | list[Scene], use_image: bool | None = None) -> dict[str, float]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cuts3d import CutConfig, segment
-from cuts3d.cuts.affinity import binarize, soft_sharpened
+from cuts3d.cuts.affinity import binarize, weighted
 from cuts3d.cuts.foreground import front_fraction
 from cuts3d.cuts.pointcloud import depth_to_grid, log_depth
 from cuts3d.cuts.spatial_importance import edge_exponents, si_exponents, spatial_importance
@@ -72,25 +72,26 @@ def test_disparity_sky_keeps_object_gaps_in_the_log_cloud():
 def test_si_forms():
     s = np.array([0.6, 0.8, 1.0])
     np.testing.assert_allclose(si_exponents(s, 0.6, "literal"), s)
-    np.testing.assert_allclose(si_exponents(s, 0.6, "soft"), s)
     np.testing.assert_allclose(si_exponents(s, 0.6, "inverted"), [1.0, 0.8, 0.6])
     np.testing.assert_allclose(si_exponents(s, 0.6, "reciprocal"), 1.0 / s)
     with pytest.raises(ValueError, match="Spatial Importance form"):
         si_exponents(s, 0.6, "upside_down")
 
 
-def test_soft_sharpening_keeps_maskcut_edges_and_lightens_3d_borders():
+def test_weight_sharpening_keeps_maskcut_edges_and_lightens_3d_borders():
     rng = np.random.default_rng(1)
     sim = torch.from_numpy(rng.uniform(-0.2, 1.0, (64, 64))).float()
     sim = (sim + sim.T) / 2
     z = np.zeros((8, 8))
     z[:, 4:] = 1.0
     imp = spatial_importance(z, 1.0, 0.6).ravel()
-    e = edge_exponents(si_exponents(imp, 0.6, "soft"), "pair_mean", "cpu")
-    w = soft_sharpened(sim, 0.15, 1e-5, e)
+    e = edge_exponents(si_exponents(imp, 0.6, "literal"), "pair_mean", "cpu")
+    w = weighted(sim, 0.15, 1e-5, exponent=e)
     binary = binarize(sim, 0.15, 1e-5)
     np.testing.assert_array_equal(w > 1e-5, binary == 1.0)  # no edge created or removed
-    assert (w[binary == 1.0] >= sim.numpy()[binary == 1.0] - 1e-6).all()  # exponents <= 1 only raise
+    plain = weighted(sim, 0.15, 1e-5)
+    np.testing.assert_allclose(plain[binary == 1.0], sim.numpy()[binary == 1.0], rtol=1e-6)  # weights = S
+    assert (w[binary == 1.0] >= plain[binary == 1.0] - 1e-6).all()  # exponents <= 1 only raise
     # an edge between two flat-region patches outweighs the same similarity across the depth border
     flat = (imp == imp.min())
     border = (imp == imp.max())
@@ -98,6 +99,11 @@ def test_soft_sharpening_keeps_maskcut_edges_and_lightens_3d_borders():
     k, l = np.flatnonzero(border)[:2]
     s = torch.tensor(0.5)
     assert float(s ** e[i, j]) > float(s ** e[k, l])
+
+
+def test_si_apply_weights_needs_similarity_weights():
+    with pytest.raises(ValueError, match="affinity='similarity'"):
+        CutConfig(affinity="binary", si_apply="weights")
 
 
 def test_front_fraction():
@@ -114,6 +120,13 @@ def test_front_fraction():
     z2 = z.copy()
     z2[8:] = 0.2
     assert 0.5 < front_fraction(obj, z2, 0.05) < 1.0
+    # a floor strip in front of the wall runs out of the picture on three sides: the frame counts against it
+    floor = np.zeros((12, 12), dtype=bool)
+    floor[8:] = True
+    z3 = np.full((12, 12), 1.0)
+    z3[8:] = 0.5
+    assert front_fraction(floor, z3, 0.05, frame=False) == 1.0
+    assert front_fraction(floor, z3, 0.05) < 0.5
 
 
 def test_far_backdrop_keeps_the_3d_split_only_with_log_depth():
@@ -129,13 +142,18 @@ def test_far_backdrop_keeps_the_3d_split_only_with_log_depth():
     assert not all(max((mask_iou(i.mask, g) for i in flat), default=0.0) > 0.75 for g in scene.masks)
 
 
-def test_front_score_ranks_a_backdrop_below_the_objects():
-    scene = touching_pair_scene()
-    config = CutConfig(depth_scale="log", score_front=True, n_iters=4, **FAST)
+@pytest.mark.parametrize("family,seed", [("indoor", 0), ("street", 1)])
+def test_front_score_ranks_background_below_the_objects(family, seed):
+    from cuts3d.synthetic import make_family_scene
+    from cuts3d.synthetic.quality import background_outranks
+
+    scene = make_family_scene(family, seed)
+    config = CutConfig(**FAST)
+    # with the paper's score (mean SC) a background mask (wall / floor / sky: SC 1.0) comes first ...
+    plain = segment(scene.features, scene.depth, None, dataclasses.replace(config, score_front=False))
+    assert background_outranks(plain, scene.masks)
+    # ... with the 3D front factor an object does
     found = segment(scene.features, scene.depth, None, config)
-    on_objects = scene.masks.any(axis=0)
-    objects = [i for i in found if max(mask_iou(i.mask, g) for g in scene.masks) > 0.5]
-    background = [i for i in found if (i.mask & ~on_objects).sum() > 0.5 * i.mask.sum()]
-    assert objects
-    if background:
-        assert max(i.score for i in background) < min(i.score for i in objects)
+    assert not background_outranks(found, scene.masks)
+    for i in found:
+        assert i.score == pytest.approx(i.mean_confidence * (1 + i.front) / 2)

@@ -61,9 +61,10 @@ def test_spatial_confidence_levels_and_border_share():
             values |= set(np.round(sc.ravel().astype(np.float64), 5).tolist())
             below += int((sc[inst.patch_mask] < 1).sum())
             total += int(inst.patch_mask.sum())
-            # score = mean confidence over the mask
+            # mean_confidence = mean SC over the mask; score = that times the 3D front factor
             up = sc.repeat(scene.patch_size, 0).repeat(scene.patch_size, 1)
-            assert inst.score == pytest.approx(float(up[inst.mask].mean()), abs=1e-6)
+            assert inst.mean_confidence == pytest.approx(float(up[inst.mask].mean()), abs=1e-6)
+            assert inst.score == pytest.approx(inst.mean_confidence * (1 + inst.front) / 2, abs=1e-9)
     allowed = {round(max(k / T, 0.5), 5) for k in range(T + 1)}
     assert values <= allowed
     share = below / total

@@ -57,7 +57,9 @@ def test_dataset_item_matches_the_json(tmp_path):
     np.testing.assert_array_equal(conf[0], upsample_nearest(sc, (H, W)))
     assert conf[0][0:8, 8:32].max() == 0.5 and conf[0][8:, :].min() == 1.0
     np.testing.assert_array_equal(conf[1], np.ones((H, W), np.float32))
-    torch.testing.assert_close(t["scores"], torch.tensor([0.8, 1.0]))
+    # a mask with a confidence map ranks by its `score` (CutS3D: mean SC x 3D front factor); one without by
+    # its confidence_score, else the mean SC (1.0 here)
+    torch.testing.assert_close(t["scores"], torch.tensor([0.9, 1.0]))
     assert t["image_id"].item() == 1
 
 

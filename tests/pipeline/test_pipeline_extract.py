@@ -65,7 +65,9 @@ def test_extract_writes_coco_json_that_pycocotools_loads(tmp_path):
         assert coco.annToMask(a).shape == (img["height"], img["width"]) and a["area"] > 0
         sc = decode_confidence(a["confidence"])
         assert sc.shape == (8, 8) and 0.5 <= sc.min() and sc.max() <= 1
-        assert 0 <= a["confidence_score"] <= 1 and a["score"] == a["confidence_score"]
+        assert 0 <= a["confidence_score"] <= 1 and 0 <= a["front"] <= 1
+        # the ranking score is the mean SC times the 3D front factor (CutConfig.score_front)
+        assert a["score"] == pytest.approx(a["confidence_score"] * (1 + a["front"]) / 2)
     for name in ("config.yaml", "errors.jsonl", "run_meta.json"):
         assert (out / name).is_file()
     meta = json.loads((out / "run_meta.json").read_text())
