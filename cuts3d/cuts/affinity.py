@@ -11,16 +11,18 @@ import numpy as np
 import torch
 
 
-def cosine_similarity(features: torch.Tensor) -> torch.Tensor:
+def cosine_similarity(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Cosine similarity of every pair of patches.
 
     Args:
         features: (C, n) float tensor, one column per patch.
+        dtype: precision of the normalisation and the product (CutLER: float32 in MaskCut's first round,
+            float64 after it).
 
     Returns:
-        (n, n) float32 tensor S, S_ij = <f_i, f_j> / (|f_i| |f_j|); 0 for an all-zero feature.
+        (n, n) tensor S of ``dtype``, S_ij = <f_i, f_j> / (|f_i| |f_j|); 0 for an all-zero feature.
     """
-    f = torch.nn.functional.normalize(features.float(), p=2, dim=0)
+    f = torch.nn.functional.normalize(features.to(dtype), p=2, dim=0)
     return f.T @ f
 
 

@@ -120,11 +120,15 @@ def bipartition(x: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.nd
     return fg, x, int(np.argmax(x))
 
 
-def seed_component(fg: np.ndarray, seed: int) -> np.ndarray:
-    """The 4-connected component of ``fg`` ((h, w) bool) that holds flat index ``seed``; empty if none."""
+def seed_component(fg: np.ndarray, seed: int, outside: str = "empty") -> np.ndarray:
+    """The 4-connected component of ``fg`` ((h, w) bool) that holds flat index ``seed``.
+
+    When the seed is not in ``fg`` (only for degenerate vectors, e.g. homogeneous features) ``outside``
+    decides: ``"empty"`` returns no mask; ``"complement"`` returns every patch outside ``fg``, which is what
+    CutLER's ``detect_box`` does (it selects the pixels whose label equals the seed's label, 0).
+    """
     labels, _ = ndimage.label(fg)
     lab = labels.flat[seed]
     if lab == 0:
-        # CutLER would return the background (label 0) here; it only happens for degenerate vectors.
-        return np.zeros_like(fg)
+        return ~fg if outside == "complement" else np.zeros_like(fg)
     return labels == lab

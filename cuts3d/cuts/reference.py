@@ -54,7 +54,8 @@ def reference_maskcut(
         if i > 0:
             painting = painting + current
             painting = (painting > 0).double()
-            feats = ((1 - painting).reshape(1, -1).float() * feats)
+            # float64 painting * float32 keys -> float64 keys from round 1 on, as in CutLER
+            feats = (1 - painting).reshape(1, -1) * feats
         f = F.normalize(feats, p=2, dim=0)
         a = (f.T @ f).numpy()
         a = a > tau

@@ -154,11 +154,10 @@ def segment(
         return []
 
     t0 = time.perf_counter()
-    similarity = cosine_similarity(feats.reshape(C, n))
     if config.method == "maskcut":
-        cuts = _maskcut_rounds(similarity, grid, config, device)
+        cuts = _maskcut_rounds(feats.reshape(C, n), grid, config, device)
     else:
-        cuts = _cuts3d_rounds(similarity, grid, depth, config, device)
+        cuts = _cuts3d_rounds(cosine_similarity(feats.reshape(C, n)), grid, depth, config, device)
     t1 = time.perf_counter()
     instances = _finalize(cuts, out_shape, image, config)
     if timings is not None:
@@ -168,10 +167,14 @@ def segment(
 
 
 def _fiedler(w: np.ndarray, config: CutConfig, device: torch.device) -> np.ndarray | None:
-    """Fiedler vector, or None when the graph carries no partition (all edges equal)."""
-    if w.min() == w.max():
-        return None
+    """Fiedler vector, or None when the graph carries no partition (all edges equal).
+
+    CutLER solves even that degenerate problem (e.g. a blank image: every similarity above tau) and keeps
+    whatever vector LAPACK returns, so maskcut with the dense solver does too.
+    """
     solver = resolve_solver(config.eigensolver, device, config.method)
+    if w.min() == w.max() and not (config.method == "maskcut" and solver == "dense"):
+        return None
     return fiedler_vector(w, solver, seed=config.seed, device=device)
 
 
@@ -182,19 +185,34 @@ def _fg_score(x: np.ndarray, patch_mask: np.ndarray) -> float:
     return float(((x.reshape(patch_mask.shape) - lo) / (hi - lo))[patch_mask].mean())
 
 
-def _maskcut_rounds(similarity: torch.Tensor, grid: tuple[int, int], config: CutConfig, device: torch.device) -> list[_Cut]:
-    """CutLER's MaskCut rounds (spec 2.3-2.4), including its rule that a dropped mask paints nothing."""
+def _maskcut_rounds(
+    features: torch.Tensor, grid: tuple[int, int], config: CutConfig, device: torch.device, trace: list | None = None
+) -> list[_Cut]:
+    """CutLER's MaskCut rounds (spec 2.3-2.4), including its rule that a dropped mask paints nothing.
+
+    Round 0 works on the float32 keys. From round 1 on CutLER multiplies the keys by its float64 painting
+    tensor, which promotes them to float64, so the normalisation, the affinity and its comparison with tau
+    happen in float64 there; this does the same (``features``: (C, n) float32). ``trace``, if given, gets
+    one ``(W, x)`` per round: the affinity and the Fiedler vector as solved (before any reversal).
+    """
     n = grid[0] * grid[1]
     painted = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
     for k in range(config.n_iters):
-        w = binarize(mask_out(similarity, painted), config.tau_ncut, config.eps)
+        if k == 0:
+            similarity = cosine_similarity(features)
+        else:
+            keep = torch.as_tensor(~painted, dtype=torch.float64, device=features.device)
+            similarity = cosine_similarity(features.double() * keep[None, :], dtype=torch.float64)
+        w = binarize(similarity, config.tau_ncut, config.eps)
         x = _fiedler(w, config, device)
+        if trace is not None:
+            trace.append((w, x))
         if x is None:
             break
         fg, x, seed = bipartition(x, grid)
-        m = seed_component(fg, seed)
+        m = seed_component(fg, seed, outside="complement")
         if not passes_maskcut_filters(previous, m, config.max_iou_prev, config.min_area):
             m = np.zeros_like(m)
         previous = m

@@ -102,7 +102,9 @@ def _dinov2(stem: str, dim: int, heads: int) -> BackboneSpec:
 #: Backbone name -> builder (a :class:`BackboneSpec`; ``BACKBONES[name]()`` gives the random-init ViT).
 BACKBONES: dict[str, BackboneSpec] = {
     "dino_vits16": _dino("dino_deitsmall16", 16, 384, 6),
-    "dino_vits8": _dino("dino_deitsmall8", 8, 384, 6),
+    # CutLER's ViT-S/8 default is DINO's 300-epoch checkpoint (the one DINO's paper visualises), not the
+    # 800-epoch dino_deitsmall8_pretrain.pth.
+    "dino_vits8": _dino("dino_deitsmall8_300ep", 8, 384, 6),
     "dino_vitb16": _dino("dino_vitbase16", 16, 768, 12),
     "dino_vitb8": _dino("dino_vitbase8", 8, 768, 12),
     "dinov2_vits14": _dinov2("dinov2_vits14", 384, 6),

@@ -274,11 +274,16 @@ def _depth(rel: str, rgb: np.ndarray, models: Models, size: int) -> np.ndarray:
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Back to the original size as MaskCut does: PIL resize of the 0/255 mask, threshold at half (spec 2.5)."""
+    """Back to the original size as CutLER's MaskCut does (spec 2.5).
+
+    CutLER resizes the 0/255 uint8 mask with PIL's default filter for 8-bit images (bicubic) and keeps the
+    pixels above half of the resized mask's *maximum* (which is below 255 for masks thinner than the scale
+    factor), so the threshold is ``max / 2``, not 127.
+    """
     if mask.shape == shape:
         return mask
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.BILINEAR)
-    return np.asarray(img) > 127
+    img = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.BICUBIC))
+    return img > img.max() / 2.0
 
 
 def run_shard(
