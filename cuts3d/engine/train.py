@@ -53,7 +53,9 @@ class TrainConfig:
         min_sizes, max_size: multi-scale training sizes (shorter side, sampled per image) and the cap.
         batch_size: images per iteration over all processes (paper: 16).
         lr, momentum, weight_decay, max_iter, steps, gamma, warmup_iters, warmup_factor: the SGD schedule.
-        clip_grad: gradient-norm clip (1.0). amp: mixed precision on CUDA.
+        clip_grad: gradient-norm clip (1.0). clip_type: ``"norm"`` clips each parameter tensor's gradient norm
+            separately, as detectron2's CLIP_TYPE "norm" does in CutLER's config; ``"full_model"`` clips the
+            norm of all gradients together. amp: mixed precision on CUDA.
         checkpoint_period, log_period: in iterations. num_workers: data-loader workers per process.
         seed: data order, augmentation and initialisation. device: "auto", "cpu", "cuda".
         detector: extra DetectorConfig fields (e.g. detections_per_img).
@@ -84,6 +86,7 @@ class TrainConfig:
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
     clip_grad: float = 1.0
+    clip_type: str = "norm"
     amp: bool = True
     checkpoint_period: int = 5000
     log_period: int = 20
@@ -101,6 +104,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         check_keys(cls, d, "training settings")
+        if d.get("clip_type", "norm") not in ("norm", "full_model"):
+            raise ValueError(f"clip_type={d['clip_type']!r}; choose norm (per parameter, CutLER) or full_model")
         d = dict(d)
         for k in ("copy_paste_scale", "min_sizes", "steps"):
             if k in d:
@@ -182,6 +187,24 @@ class _Range(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return (self.cfg.max_iter - self.start) * (self.cfg.batch_size // self.world)
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, clip_type: str = "norm") -> None:
+    """Gradient clipping as detectron2 does it (SOLVER.CLIP_GRADIENTS; CutLER: type "norm", value 1.0).
+
+    ``"norm"``: every parameter tensor's gradient is scaled to norm <= ``max_norm`` on its own (detectron2's
+    per-parameter clipper); ``"full_model"``: the norm of all gradients together. ``max_norm <= 0``: no clipping.
+    """
+    if max_norm <= 0:
+        return
+    if clip_type == "full_model":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif clip_type == "norm":
+        for p in params:
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_(p, max_norm)
+    else:
+        raise ValueError(f"unknown clip_type {clip_type!r}; choose norm or full_model")
 
 
 def lr_factor(it: int, cfg: TrainConfig) -> float:
@@ -325,8 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-        if cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        clip_gradients(params, cfg.clip_grad, cfg.clip_type)
         scaler.step(optimizer)
         scaler.update()
         it += 1

@@ -115,3 +115,23 @@ def test_tiny_detector_learns_its_training_images(tmp_path):
     pred = run_predict(run, images, tmp_path / "pred.json", gt=data)
     metrics = evaluate(str(data), str(pred), iou_types=("segm",), verbose=False)
     assert metrics["segm"]["AP50"] > 50, metrics
+
+
+def test_gradient_clipping_is_per_parameter_as_detectron2():
+    import torch
+
+    from cuts3d.engine.train import clip_gradients
+
+    big = torch.nn.Parameter(torch.zeros(4))
+    small = torch.nn.Parameter(torch.zeros(4))
+    big.grad = torch.full((4,), 10.0)  # norm 20
+    small.grad = torch.full((4,), 0.1)  # norm 0.2
+    clip_gradients([big, small], 1.0, "norm")
+    assert float(big.grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(small.grad, torch.full((4,), 0.1))  # below the limit: untouched
+    # the whole-model clip scales every gradient by the same factor instead
+    big.grad, small.grad = torch.full((4,), 10.0), torch.full((4,), 0.1)
+    clip_gradients([big, small], 1.0, "full_model")
+    assert float(small.grad.norm()) < 0.02
+    with pytest.raises(ValueError, match="clip_type"):
+        TrainConfig.from_dict({"clip_type": "sideways"})
