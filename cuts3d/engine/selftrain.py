@@ -95,6 +95,7 @@ def selftrain(model_run: str | Path, data: str | Path, images: str | Path, outpu
     base = {"data": str(round_json), "images": str(images), "output": str(out), "init_from": str(model_run)}
     prev = TrainConfig.from_dict(yaml.safe_load((Path(model_run) / "config.yaml").read_text()))
     # Same architecture as the previous round; the self-training schedule overrides presets (not key=value).
-    keep = {"backbone": prev.backbone, "detector": prev.detector, "min_sizes": list(prev.min_sizes), "max_size": prev.max_size}
+    keep = {"backbone": prev.backbone, "detector": prev.detector, "min_sizes": list(prev.min_sizes), "max_size": prev.max_size,
+            "test_size": prev.test_size}
     cfg = resolve_train_config({**keep, **SELFTRAIN_SETTINGS, **base}, config_files, overrides)
     return train(cfg)

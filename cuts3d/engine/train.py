@@ -51,6 +51,7 @@ class TrainConfig:
         copy_paste, confident_copy_paste, alpha_blend: copy-paste augmentation and the two CutS3D changes
             (Table 7's switches). copy_paste_scale: U[a, b] of the pasted image's scale (self-training: 0.5-1).
         min_sizes, max_size: multi-scale training sizes (shorter side, sampled per image) and the cap.
+        test_size: shorter side for prediction (detectron2 INPUT.MIN_SIZE_TEST; CutLER 800).
         batch_size: images per iteration over all processes (paper: 16).
         lr, momentum, weight_decay, max_iter, steps, gamma, warmup_iters, warmup_factor: the SGD schedule.
         clip_grad: gradient-norm clip (1.0). clip_type: ``"norm"`` clips each parameter tensor's gradient norm
@@ -75,6 +76,7 @@ class TrainConfig:
     copy_paste_scale: tuple[float, float] = (0.3, 1.0)
     flip: bool = True
     min_sizes: tuple[int, ...] = PAPER_MIN_SIZES
+    test_size: int = 800
     max_size: int = 1333
     batch_size: int = 16
     lr: float = 0.01
@@ -227,7 +229,7 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return build_detector(
         cfg.backbone, droploss=cfg.droploss, sc_loss=cfg.sc_loss, min_size=tuple(cfg.min_sizes),
-        max_size=cfg.max_size, backbone_weights=cfg.backbone_weights, **cfg.detector,
+        max_size=cfg.max_size, test_size=cfg.test_size, backbone_weights=cfg.backbone_weights, **cfg.detector,
     )
 
 

@@ -51,6 +51,7 @@ class DetectorConfig:
 
     min_size: int | tuple[int, ...] = 800
     max_size: int = 1333
+    test_size: int | None = None
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -209,6 +210,28 @@ class CascadeMaskRCNN(nn.Module):
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
 
+class _Transform(GeneralizedRCNNTransform):
+    """torchvision's transform with detectron2's separate test size (INPUT.MIN_SIZE_TEST; CutLER: 800).
+
+    torchvision tests at the *last* training size (1024 with CutLER's multi-scale list); ``test_size`` sets the
+    shorter side used in eval mode instead (None keeps torchvision's rule).
+    """
+
+    def __init__(self, *args: Any, test_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.test_size = test_size
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None):
+        if self.training or self.test_size is None:
+            return super().resize(image, target)
+        train_sizes = self.min_size
+        self.min_size = (int(self.test_size),)
+        try:
+            return super().resize(image, target)
+        finally:
+            self.min_size = train_sizes
+
+
 def build_detector(
     backbone: str = "r50_fpn",
     droploss: bool = True,
@@ -226,6 +249,7 @@ def build_detector(
         sc_loss: Spatial Confidence weighted mask loss (Eq. 6) when targets carry ``confidence``.
         min_size: shorter side (an int, or a tuple sampled per image in training: multi-scale).
         max_size: longer-side cap.
+        (``test_size`` in ``cfg``: shorter side at test time; None tests at the last training size.)
         **cfg: any other :class:`DetectorConfig` field (e.g. ``rpn_post_nms_top_n_train``, ``score_thresh``,
             ``detections_per_img``, ``backbone_weights``).
 
@@ -244,7 +268,7 @@ def build_detector(
     body = build_backbone(backbone, config)
     out_ch = int(body.out_channels)
     levels = ["0", "1", "2", "3"]
-    transform = GeneralizedRCNNTransform(config.min_size, config.max_size, list(config.image_mean), list(config.image_std))
+    transform = _Transform(config.min_size, config.max_size, list(config.image_mean), list(config.image_std), test_size=config.test_size)
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in config.anchor_sizes),
         aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes),

@@ -269,3 +269,20 @@ def test_r50_backbone_loads_torchvision_layout_checkpoint_strictly(tmp_path):
     torch.save(bad, ckpt)
     with pytest.raises(KeyError, match="missing"):
         load_resnet50_weights(resnet50(weights=None), ckpt)
+
+
+def test_test_size_is_used_in_eval_and_training_sizes_in_training():
+    import torch
+
+    model = build_detector("tiny", min_size=(96, 128), max_size=4000, test_size=112)
+    image = torch.rand(3, 50, 100)
+    model.eval()
+    batch, _ = model.transform([image])
+    assert batch.image_sizes[0] == (112, 224)  # detectron2's MIN_SIZE_TEST, not the last training size (128)
+    model.train()
+    for _ in range(5):
+        batch, _ = model.transform([image], [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])}])
+        assert batch.image_sizes[0][0] in (96, 128)
+    torchvision_rule = build_detector("tiny", min_size=(96, 128), max_size=4000)
+    torchvision_rule.eval()
+    assert torchvision_rule.transform([image])[0].image_sizes[0] == (128, 256)
