@@ -23,11 +23,17 @@ from pycocotools import mask as mask_utils
 
 from cuts3d.engine.train import TrainConfig, resolve_train_config, train
 
+# CutLER's cascade_mask_rcnn_R_50_FPN_self_train.yaml: lr 0.005, 80k iterations, gamma 1.0 (constant), no
+# DropLoss, copy-paste scale U[0.5, 1]; it sets no WEIGHT_DECAY, so detectron2's default 1e-4 applies (the first
+# round's config sets 5e-5), and the warm-up is detectron2's default (1000 iterations from a factor of 0.001).
 SELFTRAIN_SETTINGS: dict[str, Any] = {
     "lr": 0.005,
     "max_iter": 80_000,
     "steps": [],
     "gamma": 1.0,
+    "weight_decay": 1e-4,
+    "warmup_iters": 1000,
+    "warmup_factor": 0.001,
     "droploss": False,
     "copy_paste_scale": [0.5, 1.0],
 }

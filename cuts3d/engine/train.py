@@ -54,6 +54,7 @@ class TrainConfig:
         test_size: shorter side for prediction (detectron2 INPUT.MIN_SIZE_TEST; CutLER 800).
         batch_size: images per iteration over all processes (paper: 16).
         lr, momentum, weight_decay, max_iter, steps, gamma, warmup_iters, warmup_factor: the SGD schedule.
+        weight_decay_norm: weight decay of normalisation layers' parameters (detectron2 WEIGHT_DECAY_NORM: 0).
         clip_grad: gradient-norm clip (1.0). clip_type: ``"norm"`` clips each parameter tensor's gradient norm
             separately, as detectron2's CLIP_TYPE "norm" does in CutLER's config; ``"full_model"`` clips the
             norm of all gradients together. amp: mixed precision on CUDA.
@@ -82,6 +83,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-5
+    weight_decay_norm: float = 0.0
     max_iter: int = 160_000
     steps: tuple[int, ...] = (80_000,)
     gamma: float = 0.02
@@ -191,6 +193,24 @@ class _Range(torch.utils.data.Sampler):
         return (self.cfg.max_iter - self.start) * (self.cfg.batch_size // self.world)
 
 
+_NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, weight_decay_norm: float) -> list[dict[str, Any]]:
+    """SGD parameter groups as detectron2's ``get_default_optimizer_params``: normalisation layers' weights and
+    biases get ``weight_decay_norm`` (detectron2 and CutLER: 0), every other trainable parameter ``weight_decay``.
+    A group without parameters is left out."""
+    norm, other, seen = [], [], set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (norm if isinstance(module, _NORM_LAYERS) else other).append(p)
+    groups = [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": weight_decay_norm}]
+    return [g for g in groups if g["params"]]
+
+
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, clip_type: str = "norm") -> None:
     """Gradient clipping as detectron2 does it (SOLVER.CLIP_GRADIENTS; CutLER: type "norm", value 1.0).
 
@@ -298,8 +318,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     model = build_model(cfg).to(device)
     if cfg.init_from:
         load_model_weights(model, cfg.init_from)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_norm)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start = 0
     if resume:
         ckpt = latest_checkpoint(run)

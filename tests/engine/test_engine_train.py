@@ -101,6 +101,8 @@ def test_selftrain_round_end_to_end(tmp_path):
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["droploss"] is False and cfg["lr"] == 0.005 and cfg["copy_paste_scale"] == [0.5, 1.0]
+    # CutLER's self-training config sets no WEIGHT_DECAY: detectron2's 1e-4; its warm-up is detectron2's default
+    assert cfg["weight_decay"] == 1e-4 and cfg["warmup_iters"] == 1000 and cfg["weight_decay_norm"] == 0.0
     assert cfg["init_from"] == str(run) and cfg["backbone"] == "tiny"
 
 
@@ -135,3 +137,18 @@ def test_gradient_clipping_is_per_parameter_as_detectron2():
     assert float(small.grad.norm()) < 0.02
     with pytest.raises(ValueError, match="clip_type"):
         TrainConfig.from_dict({"clip_type": "sideways"})
+
+
+def test_norm_layers_get_no_weight_decay_as_detectron2():
+    import torch
+
+    from cuts3d.engine.train import param_groups
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.GroupNorm(2, 4), torch.nn.Linear(4, 2))
+    model[3].bias.requires_grad_(False)
+    groups = param_groups(model, 5e-5, 0.0)
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    norm_params = {id(p) for p in (*model[1].parameters(), *model[2].parameters())}
+    assert by_decay[0.0] == norm_params
+    assert by_decay[5e-5] == {id(model[0].weight), id(model[0].bias), id(model[3].weight)}  # frozen bias left out
+    assert TrainConfig().weight_decay_norm == 0.0
