@@ -193,6 +193,12 @@ class _Range(torch.utils.data.Sampler):
         return (self.cfg.max_iter - self.start) * (self.cfg.batch_size // self.world)
 
 
+def use_sync_bn(device: torch.device, world_size: int) -> bool:
+    """SyncBatchNorm for DDP on several GPUs, as CutLER; one device keeps BatchNorm (SyncBN would equal it) and
+    CPU (gloo) runs keep it too (torch's SyncBatchNorm needs CUDA)."""
+    return device.type == "cuda" and world_size > 1
+
+
 _NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
 
 
@@ -333,6 +339,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if use_sync_bn(device, world):
+        # CutLER's RESNETS.NORM and FPN.NORM are SyncBN: statistics over all GPUs' images (2 per GPU otherwise)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
     dataset = PseudoMaskDataset(cfg.data, cfg.images)

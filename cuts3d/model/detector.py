@@ -52,6 +52,7 @@ class DetectorConfig:
     min_size: int | tuple[int, ...] = 800
     max_size: int = 1333
     test_size: int | None = None
+    fpn_norm: str = "bn"
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -149,8 +150,12 @@ def build_backbone(name: str, cfg: DetectorConfig) -> nn.Module:
         body = resnet50(weights=None, norm_layer=nn.BatchNorm2d)
         if cfg.backbone_weights is not None:
             load_resnet50_weights(body, cfg.backbone_weights)
-        # FREEZE_AT 0: all 5 blocks trainable; trainable BatchNorm in the body (SyncBN in CutLER).
-        return _resnet_fpn_extractor(body, trainable_layers=5, extra_blocks=LastLevelMaxPool())
+        # FREEZE_AT 0: all 5 blocks trainable; trainable BatchNorm in the body and, as CutLER's FPN.NORM, in the
+        # FPN (both SyncBN in CutLER; cuts3d.engine.train converts them under multi-GPU DDP).
+        if cfg.fpn_norm not in ("bn", "none"):
+            raise ValueError(f"fpn_norm={cfg.fpn_norm!r}; choose bn (CutLER) or none")
+        fpn_norm = nn.BatchNorm2d if cfg.fpn_norm == "bn" else None
+        return _resnet_fpn_extractor(body, trainable_layers=5, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
     if name == "tiny":
         if cfg.backbone_weights is not None:
             raise ValueError("backbone_weights only applies to the r50_fpn backbone")

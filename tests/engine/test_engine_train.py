@@ -152,3 +152,22 @@ def test_norm_layers_get_no_weight_decay_as_detectron2():
     assert by_decay[0.0] == norm_params
     assert by_decay[5e-5] == {id(model[0].weight), id(model[0].bias), id(model[3].weight)}  # frozen bias left out
     assert TrainConfig().weight_decay_norm == 0.0
+
+
+def test_sync_batchnorm_only_for_multi_gpu_ddp_and_fpn_has_batchnorm():
+    import torch
+
+    from cuts3d.engine.train import use_sync_bn
+    from cuts3d.model.detector import DetectorConfig, build_backbone
+
+    assert use_sync_bn(torch.device("cuda", 0), 8)
+    assert not use_sync_bn(torch.device("cuda", 0), 1) and not use_sync_bn(torch.device("cpu"), 2)
+    body = build_backbone("r50_fpn", DetectorConfig())
+    fpn_norms = [m for name, m in body.named_modules() if name.startswith("fpn") and isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(fpn_norms) == 8  # inner and layer blocks of 4 levels, as CutLER's FPN.NORM
+    plain = build_backbone("r50_fpn", DetectorConfig(fpn_norm="none"))
+    assert not [m for name, m in plain.named_modules() if name.startswith("fpn") and isinstance(m, torch.nn.BatchNorm2d)]
+    params = {id(p) for p in body.parameters()}
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(body)
+    assert {id(p) for p in synced.parameters()} == params  # the optimizer's parameters stay the same objects
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
