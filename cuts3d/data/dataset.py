@@ -37,7 +37,8 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     float32 xyxy (tight boxes of the masks), ``labels`` (K,) int64 all 1, ``masks`` (K, H, W) uint8,
     ``confidence`` (K, H, W) float32 SC at image resolution, ``scores`` (K,) float32 per-mask score (for
     masks with a confidence map their ``score``, CutS3D's ranking score; else the ``confidence_score``,
-    else the mean SC over the mask) and ``image_id`` (int64 scalar).
+    else the mean SC over the mask) and ``image_id`` (int64 scalar). :meth:`load_numpy` also gives
+    ``has_confidence`` (K,) bool: whether each mask came with a Spatial Confidence map.
     """
 
     def __init__(self, json_path: str | Path, image_root: str | Path, filter_empty: bool = True) -> None:
@@ -59,6 +60,11 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def images_without_confidence(self) -> int:
+        """Number of images with at least one mask that has no Spatial Confidence map (MaskCut pseudo-masks,
+        self-training predictions): confident copy-paste falls back to CutLER's random choice for those."""
+        return sum(any("confidence" not in a for a in anns) for anns in self._anns.values())
+
     def load_numpy(self, index: int) -> dict[str, Any]:
         """Item ``index`` as numpy, the form :func:`cuts3d.data.augment.copy_paste` takes.
 
@@ -79,7 +85,7 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                 f"{info['file_name']}: image is {H}x{W} (HxW) but the JSON says height={info['height']}, "
                 f"width={info['width']}; fix the JSON (swapped width/height?) or the image root"
             )
-        masks, confs, scores = [], [], []
+        masks, confs, scores, has_conf = [], [], [], []
         for ann in self._anns[image_id]:
             rle = ann["segmentation"]
             if tuple(rle["size"]) != (H, W):
@@ -99,12 +105,14 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
             score = ann.get("confidence_score") if score is None else score
             masks.append(m)
             confs.append(conf)
+            has_conf.append("confidence" in ann)
             scores.append(float(conf[m].mean()) if score is None else float(score))
         return {
             "image": image,
             "masks": np.stack(masks) if masks else np.zeros((0, H, W), bool),
             "confidence": np.stack(confs) if confs else np.zeros((0, H, W), np.float32),
             "scores": np.asarray(scores, np.float32),
+            "has_confidence": np.asarray(has_conf, bool),
             "image_id": image_id,
         }
 

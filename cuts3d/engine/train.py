@@ -159,9 +159,13 @@ class TrainSamples(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.cfg.seed, g, 1])
         if self.cfg.copy_paste and n > 1:
             src = self.dataset.load_numpy(int(perm[(g + 1) % n]))
+            # Confident selection needs Spatial Confidence; masks without it (MaskCut's, a detector's predictions
+            # in self-training) would all score 1.0 and "top-k" would mean "the first k": pick at random there,
+            # as CutLER does.
+            confident = self.cfg.confident_copy_paste and bool(np.all(src["has_confidence"]))
             image, masks, conf, info = copy_paste(
                 item["image"], item["masks"], src["image"], src["masks"], src["confidence"], src["scores"], rng,
-                scale=tuple(self.cfg.copy_paste_scale), confident=self.cfg.confident_copy_paste,
+                scale=tuple(self.cfg.copy_paste_scale), confident=confident,
                 alpha_blend=self.cfg.alpha_blend, target_conf=item["confidence"],
             )
             scores = np.concatenate([item["scores"][info["target_keep"]], src["scores"][info["pasted"]]])
@@ -345,6 +349,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
     dataset = PseudoMaskDataset(cfg.data, cfg.images)
+    plain = dataset.images_without_confidence() if cfg.copy_paste and cfg.confident_copy_paste else 0
+    if plain and rank == 0:
+        print(f"{plain} of {len(dataset)} images have pseudo-masks without Spatial Confidence (MaskCut's or predictions): "
+              "copy-paste picks their masks at random, as CutLER does, instead of by confidence")
     samples = TrainSamples(dataset, cfg)
     per_rank = cfg.batch_size // world
     loader = torch.utils.data.DataLoader(

@@ -171,3 +171,29 @@ def test_sync_batchnorm_only_for_multi_gpu_ddp_and_fpn_has_batchnorm():
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(body)
     assert {id(p) for p in synced.parameters()} == params  # the optimizer's parameters stay the same objects
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+
+
+@pytest.mark.parametrize("with_confidence", [True, False])
+def test_confident_copy_paste_falls_back_to_random_without_confidence(tmp_path, monkeypatch, with_confidence):
+    import cuts3d.engine.train as train_module
+    from cuts3d.data.dataset import PseudoMaskDataset
+
+    data, images, coco = _pseudo_dataset(tmp_path, n=3)
+    if not with_confidence:  # MaskCut pseudo-masks: no Spatial Confidence maps
+        for ann in coco["annotations"]:
+            del ann["confidence"], ann["confidence_score"]
+        data.write_text(json.dumps(coco))
+    seen = []
+    real = train_module.copy_paste
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["confident"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "copy_paste", spy)
+    dataset = PseudoMaskDataset(data, images)
+    assert dataset.images_without_confidence() == (0 if with_confidence else 3)
+    samples = train_module.TrainSamples(dataset, _cfg(data, images, tmp_path / "run"))
+    for g in range(4):
+        samples[g]
+    assert seen == [with_confidence] * 4  # confident selection only where the masks carry confidence
