@@ -231,13 +231,14 @@ def _cuts3d_rounds(
     threshold = exponent = grow_mask = None
     if config.spatial_importance and has_3d:
         importance = spatial_importance(z, config.si_sigma, config.si_beta, config.si_abs)
-        exponents = si_exponents(importance, config.si_beta, config.si_form).ravel()
-        if config.si_apply == "weights":
-            exponent = edge_exponents(exponents, config.si_exponent, device)
-        elif config.si_apply == "grow":
+        if config.si_apply == "grow":
             grow_mask = importance >= 0.5 * (1.0 + config.si_beta)
         else:
-            threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
+            exponents = si_exponents(importance, config.si_beta, config.si_form).ravel()
+            if config.si_apply == "weights":
+                exponent = edge_exponents(exponents, config.si_exponent, device)
+            else:
+                threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
     painted = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
@@ -262,10 +263,12 @@ def _cuts3d_rounds(
             if grow_mask is not None:
                 grown = ndimage.binary_dilation(fg.reshape(grid), structure=np.ones((3, 3), bool), iterations=config.si_grow) & grow_mask
                 semantic = np.flatnonzero((fg | grown.ravel()) & ~painted)
+            # Terminals come from NCut's own foreground (``core``), located in the (possibly grown) mask.
             pos = np.searchsorted(semantic, core)
             graph = knn_graph(points[semantic], config.knn_k)
-            source = int(pos[np.argmax(np.abs(x[core]))])
-            sink = int(pos[_sink(points[core], x[core], int(np.argmax(np.abs(x[core]))), config.sink)])
+            top = int(np.argmax(np.abs(x[core])))
+            source = int(pos[top])
+            sink = int(pos[_sink(points[core], x[core], top, config.sink)])
 
             def cut(tau: float) -> np.ndarray:
                 side = localcut(graph, source, sink, tau, config.knn_capacity, config.trivial_cut)
