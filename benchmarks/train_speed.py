@@ -60,10 +60,10 @@ def main() -> None:
         base = {"data": str(_pseudo_json(Path(tmp))), "images": str(DATA / "images")}
         setups = {
             "tiny_cpu (tiny backbone, 128/160 px, batch 2)": ([preset_or_file("tiny_cpu")], ["num_workers=0"]),
-            "r50_fpn, 800 px, batch 2, CPU": ([], ["backbone=r50_fpn", "min_sizes=[800]", "batch_size=2", "num_workers=0", "device=cpu", "amp=false"]),
+            "r50_fpn, 800 px, batch 2, CPU": ([], ["backbone=r50_fpn", "backbone_weights=none", "min_sizes=[800]", "batch_size=2", "num_workers=0", "device=cpu", "amp=false"]),
         }
         if torch.cuda.is_available():
-            setups["r50_fpn, 800 px, batch 8, AMP, GPU"] = ([], ["backbone=r50_fpn", "min_sizes=[800]", "batch_size=8", "num_workers=8", "device=cuda", "amp=true"])
+            setups["r50_fpn, 800 px, batch 8, AMP, GPU"] = ([], ["backbone=r50_fpn", "backbone_weights=none", "min_sizes=[800]", "batch_size=8", "num_workers=8", "device=cuda", "amp=true"])
         for name, (files, overrides) in setups.items():
             its = []
             for n in (2, 2 + args.iters):

@@ -13,7 +13,10 @@ reversed):
    CutLER's ``.bool()`` of the bilinear result);
 4. a pasted instance is dropped if intersection / (target mask area) >= ``overlap_thresh`` for any target mask;
 5. Eq. 5: I_new = alpha * I_s + (1 - alpha) * I_t, with alpha = SC inside the pasted instances and 0 elsewhere
-   (``alpha_blend=False``: alpha = binary union, CutLER). Existing target masks are occluded by the *binary*
+   (``alpha_blend=False``: alpha = binary union, CutLER). ``alpha_mode="scalar"`` (Table 5b's alternative)
+   replaces the SC map by its mean over the mask's own pixels (at source resolution, before the resize), so
+   alpha is constant over each pasted instance; the pasted masks keep their SC *maps* for the Eq. 6 loss either
+   way (Table 5b trains without that loss). Existing target masks are occluded by the *binary*
    union (spec GUESS), empties removed; their SC maps are reset to 1 on the occluded pixels (those pixels are
    now certainly not theirs). Pasted masks keep their SC maps.
 
@@ -28,6 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+ALPHA_MODES: tuple[str, ...] = ("spatial", "scalar")
+"""Eq. 5's alpha inside a pasted instance: its SC map ("spatial", the paper's choice) or the map's mean over
+the mask ("scalar"); Table 5b compares the two."""
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
@@ -90,6 +98,7 @@ def copy_paste(
     alpha_blend: bool = True,
     overlap_thresh: float = 0.5,
     target_conf: np.ndarray | None = None,
+    alpha_mode: str = "spatial",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Paste source instances into the target image (see the module docstring for the rules).
 
@@ -106,6 +115,9 @@ def copy_paste(
         alpha_blend: Eq. 5 with alpha = SC; False gives CutLER's binary paste.
         overlap_thresh: drop a pasted instance whose intersection over a target mask's area reaches this.
         target_conf: (N, H, W) float SC maps of the target masks; None means all ones.
+        alpha_mode: with ``alpha_blend``, ``"spatial"`` (Eq. 5: alpha = the SC map) or ``"scalar"`` (alpha = the
+            mask's mean SC over its own pixels, one value per pasted instance; Table 5b). Ignored without
+            ``alpha_blend``.
 
     Returns:
         image: (H, W, 3) in the target's dtype (uint8 results are rounded).
@@ -114,7 +126,12 @@ def copy_paste(
         info: ``target_keep`` (indices of surviving target masks), ``pasted`` (source indices pasted, in
             order), ``chosen`` (source indices selected before the overlap filter), ``ratio``, ``offset``
             (y, x), ``alpha`` ((H, W) float32 compositing weights, zeros when nothing was pasted).
+
+    Raises:
+        ValueError: ``alpha_mode`` is not one of :data:`ALPHA_MODES`.
     """
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode={alpha_mode!r}; choose one of {ALPHA_MODES}")
     H, W = target_image.shape[:2]
     n_t = target_masks.shape[0]
     t_conf = np.ones((n_t, H, W), np.float32) if target_conf is None else np.asarray(target_conf, np.float32)
@@ -166,7 +183,14 @@ def copy_paste(
     info["pasted"] = chosen[keep]
 
     union = pasted_masks.any(axis=0)
-    if alpha_blend:
+    if alpha_blend and alpha_mode == "scalar":
+        # Table 5b: one alpha per instance, the mean SC over the mask as loaded (before the resize blurs both),
+        # constant over its pasted pixels; max where pasted instances overlap, as for the spatial map.
+        conf_src, masks_src = np.asarray(source_conf, np.float32), np.asarray(source_masks, bool)
+        mean_sc = np.array([conf_src[i][masks_src[i]].mean() if masks_src[i].any() else 1.0
+                            for i in info["pasted"]], np.float32)
+        alpha = np.where(pasted_masks, mean_sc[:, None, None], 0.0).max(axis=0).astype(np.float32)
+    elif alpha_blend:
         # Eq. 5: alpha = SC inside the pasted instances (max where pasted instances overlap), 0 elsewhere.
         alpha = np.where(pasted_masks, pasted_conf, 0.0).max(axis=0).astype(np.float32)
     else:

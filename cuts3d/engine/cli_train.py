@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cuts3d.engine.train import resolve_train_config, train
+from cuts3d.features.weights import CheckpointError, WeightsUnavailableError
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -20,7 +21,7 @@ def preset_or_file(name: str) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="pseudo-mask COCO JSON (cuts3d extract's annotations.json)")
     parser.add_argument("--images", required=True, help="folder the JSON's file_name entries are relative to")
-    parser.add_argument("--output", required=True, help="run folder (checkpoints, config.yaml, metrics, tb/)")
+    parser.add_argument("--output", required=True, help="run folder (checkpoints, config.yaml, metrics.jsonl, log.txt, tb/, eval/)")
     parser.add_argument("--config", action="append", default=[], help="preset (paper | one_gpu | tiny_cpu) or YAML file; repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. max_iter=1000 sc_loss=false")
@@ -36,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"cuts3d train: error: {err}", file=sys.stderr)
         return 2
-    final = train(cfg, resume=args.resume)
+    try:
+        final = train(cfg, resume=args.resume)
+    except (FileNotFoundError, CheckpointError, WeightsUnavailableError) as err:
+        # Set-up problems (backbone weights offline, a wrong weights file, missing data): the message names the
+        # file and the fix, as `cuts3d extract` does for the ViT weights; no traceback.
+        print(f"cuts3d train: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {final}")
     return 0

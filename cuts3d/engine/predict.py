@@ -38,12 +38,15 @@ def load_trained(run: str | Path, device: str = "cpu", **detector_overrides) -> 
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: list, image_ids: list[int], device: str = "cpu") -> list[dict]:
-    """COCO results for ``images`` (paths) with the given ids."""
+def predict(model: torch.nn.Module, images: list, image_ids: list[int], device: str = "cpu",
+            progress: bool = True) -> list[dict]:
+    """COCO results for ``images`` (paths) with the given ids; ``model`` must be in eval mode (not DDP-wrapped).
+
+    ``progress=False`` hides the progress bar (evaluation during training, under the training bar)."""
     from cuts3d.io.images import load_image
 
     results = []
-    for path, image_id in tqdm(list(zip(images, image_ids)), desc="predict", unit="img"):
+    for path, image_id in tqdm(list(zip(images, image_ids)), desc="predict", unit="img", disable=not progress):
         rgb = load_image(path)
         tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255).to(device)
         out = model([tensor])[0]

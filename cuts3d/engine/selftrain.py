@@ -98,7 +98,9 @@ def selftrain(model_run: str | Path, data: str | Path, images: str | Path, outpu
     merged = merge_round(old, preds, score_thresh=score_thresh)
     round_json = out / "selftrain_annotations.json"
     atomic_write_text(round_json, json.dumps(merged))
-    base = {"data": str(round_json), "images": str(images), "output": str(out), "init_from": str(model_run)}
+    # The previous round's checkpoint gives every weight (init_from): no ResNet-50 file is read or downloaded.
+    base = {"data": str(round_json), "images": str(images), "output": str(out), "init_from": str(model_run),
+            "backbone_weights": "none"}
     prev = TrainConfig.from_dict(yaml.safe_load((Path(model_run) / "config.yaml").read_text()))
     # Same architecture as the previous round; the self-training schedule overrides presets (not key=value).
     keep = {"backbone": prev.backbone, "detector": prev.detector, "min_sizes": list(prev.min_sizes), "max_size": prev.max_size,

@@ -10,8 +10,20 @@ torchrun (gloo on CPU, nccl on GPU). Augmentation (CutLER copy-paste with the Cu
 Spatial Confidence alpha blending, horizontal flip) runs in data-loader workers; multi-scale resizing is done by
 the model's transform. Sample ``g`` of the run (iteration ``g // batch_size``) is a pure function of the seed and
 ``g``, and checkpoints hold the model, optimizer, schedule and torch RNG state, so ``--resume`` continues the exact
-loss sequence. Scalars go to TensorBoard (``RUN/tb``) and ``RUN/metrics.jsonl``; ``RUN/config.yaml`` is the
-resolved config.
+loss sequence.
+
+What is logged where (cuts3d.engine.events; detectron2's EventStorage and writers): every iteration each loss
+term, their sum, the iteration time and the data time go into histories; every ``log_period`` iterations (and at
+the last) one record is written to ``RUN/metrics.jsonl`` (one JSON object per line, appended on resume),
+TensorBoard (``RUN/tb``) and the console + ``RUN/log.txt`` as detectron2's line (``eta: .. iter: N total_loss: ..
+loss_..: .. time: .. last_time: .. data_time: .. lr: .. max_mem: ..M``). ``total_loss``, each ``loss_*`` term,
+``time`` and ``data_time`` are medians over the last ``log_window`` (20) iterations; ``loss`` is the raw
+single-iteration total and ``last/<name>`` the raw value of each; the histories are saved in checkpoints, so a
+resumed run writes the same records. Under DDP the loss terms are averaged over the processes. With ``val_data``
+and ``eval_period`` > 0 the model is evaluated (COCO AP, rank 0, the others wait) every ``eval_period`` iterations
+and after the last: predictions go to ``RUN/eval/iter_XXXXXXX.json``, ``segm/AP``, ``segm/AP50``, ``segm/AP75``
+and ``bbox/...`` to metrics.jsonl (own lines with the iteration), TensorBoard and log.txt. ``RUN/log.txt`` also
+holds the start-of-run messages and the resolved config (``RUN/config.yaml``).
 """
 
 from __future__ import annotations
@@ -31,8 +43,22 @@ import yaml
 from tqdm import tqdm
 
 from cuts3d.config_io import check_keys, load_yaml_mapping, parse_overrides
-from cuts3d.data.augment import copy_paste
-from cuts3d.data.dataset import PseudoMaskDataset, to_detection_sample
+from cuts3d.data.augment import ALPHA_MODES, copy_paste
+from cuts3d.data.dataset import CONFIDENCE_ALIGNS, PseudoMaskDataset, to_detection_sample
+from cuts3d.engine.events import (
+    ConsoleWriter,
+    JSONLinesWriter,
+    MetricsRecorder,
+    TensorBoardWriter,
+    Validator,
+    close_all,
+    preserved_rng,
+    release_run_logger,
+    run_validation,
+    setup_run_logger,
+)
+from cuts3d.engine.precise_bn import bn_buffers, update_bn_stats
+from cuts3d.model.backbone_weights import DEFAULT_RESNET50_WEIGHTS, is_random
 from cuts3d.model.detector import build_detector
 from cuts3d.pipeline.shards import atomic_write_text
 
@@ -45,11 +71,22 @@ class TrainConfig:
 
     Attributes:
         data, images, output: pseudo-mask COCO JSON, its image folder, the run folder.
-        backbone: "r50_fpn" (paper) or "tiny" (CPU tests). backbone_weights: self-supervised ResNet-50 file.
+        backbone: "r50_fpn" (paper) or "tiny" (CPU tests).
+        backbone_weights: the ResNet-50's start: "dino_resnet50" (default, CutLER's: DINO's self-supervised RN50,
+            downloaded once into the torch hub cache), a .pth (torchvision layout) or .pkl (detectron2 layout)
+            file, or "none" / null for random weights (the only choice for "tiny"); see
+            cuts3d.model.backbone_weights. backbone_weights_sha256: the file's expected sha256 (optional).
+            Ignored with ``init_from``, whose checkpoint replaces every weight.
         init_from: a run folder or checkpoint to start from (self-training); only the model weights are taken.
         droploss, sc_loss: DropLoss (spec 4.2) and the Spatial Confidence mask loss (Eq. 6).
         copy_paste, confident_copy_paste, alpha_blend: copy-paste augmentation and the two CutS3D changes
             (Table 7's switches). copy_paste_scale: U[a, b] of the pasted image's scale (self-training: 0.5-1).
+        alpha_mode: Eq. 5's alpha inside a pasted mask: ``"spatial"`` (the SC map, paper) or ``"scalar"`` (the
+            mask's mean SC, constant over it); Table 5b.
+        confidence_floor: None (SC maps as extracted) or c_min: SC <- max(SC, c_min) at load time (Table 5c:
+            0.5 / 0.67 / 0.83); below the extraction's own floor is refused. Per-mask scores stay as extracted.
+        confidence_align: ``"patch"`` (nearest-upsampled patch SC, paper) or ``"mask"`` (SC steps moved onto the
+            pseudo-mask border); Table 5d.
         min_sizes, max_size: multi-scale training sizes (shorter side, sampled per image) and the cap.
         test_size: shorter side for prediction (detectron2 INPUT.MIN_SIZE_TEST; CutLER 800).
         batch_size: images per iteration over all processes (paper: 16).
@@ -59,6 +96,12 @@ class TrainConfig:
             separately, as detectron2's CLIP_TYPE "norm" does in CutLER's config; ``"full_model"`` clips the
             norm of all gradients together. amp: mixed precision on CUDA.
         checkpoint_period, log_period: in iterations. num_workers: data-loader workers per process.
+        log_window: iterations the logged losses and times are median-smoothed over (detectron2: 20).
+        val_data: COCO JSON (ground truth or pseudo-masks) to evaluate on during training; val_images: its image
+            folder (None: ``images``). eval_period: evaluate every this many iterations and after the last
+            (0: never).
+        precise_bn_iters: after the last iteration, BatchNorm statistics are recomputed as the true average over
+            this many training batches with the final weights (detectron2's PreciseBN; CutLER: 200); 0: off.
         seed: data order, augmentation and initialisation. device: "auto", "cpu", "cuda".
         detector: extra DetectorConfig fields (e.g. detections_per_img).
     """
@@ -67,7 +110,8 @@ class TrainConfig:
     images: str = ""
     output: str = ""
     backbone: str = "r50_fpn"
-    backbone_weights: str | None = None
+    backbone_weights: str | None = DEFAULT_RESNET50_WEIGHTS
+    backbone_weights_sha256: str | None = None
     init_from: str | None = None
     droploss: bool = True
     sc_loss: bool = True
@@ -75,6 +119,9 @@ class TrainConfig:
     confident_copy_paste: bool = True
     alpha_blend: bool = True
     copy_paste_scale: tuple[float, float] = (0.3, 1.0)
+    alpha_mode: str = "spatial"
+    confidence_floor: float | None = None
+    confidence_align: str = "patch"
     flip: bool = True
     min_sizes: tuple[int, ...] = PAPER_MIN_SIZES
     test_size: int = 800
@@ -94,6 +141,11 @@ class TrainConfig:
     amp: bool = True
     checkpoint_period: int = 5000
     log_period: int = 20
+    log_window: int = 20
+    val_data: str | None = None
+    val_images: str | None = None
+    eval_period: int = 0
+    precise_bn_iters: int = 200
     num_workers: int = 4
     seed: int = 0
     device: str = "auto"
@@ -110,7 +162,23 @@ class TrainConfig:
         check_keys(cls, d, "training settings")
         if d.get("clip_type", "norm") not in ("norm", "full_model"):
             raise ValueError(f"clip_type={d['clip_type']!r}; choose norm (per parameter, CutLER) or full_model")
+        if d.get("backbone", cls.backbone) == "tiny" and not is_random(d.get("backbone_weights", cls.backbone_weights)):
+            raise ValueError(f"backbone_weights={d.get('backbone_weights', cls.backbone_weights)!r} is a ResNet-50; "
+                             "the tiny backbone has no pretrained weights: set backbone_weights=none (tiny_cpu does)")
+        if int(d.get("eval_period", 0)) < 0 or int(d.get("log_window", 20)) < 1:
+            raise ValueError(f"eval_period={d.get('eval_period')} must be >= 0 and log_window={d.get('log_window')} >= 1")
+        if int(d.get("eval_period", 0)) > 0 and not d.get("val_data"):
+            raise ValueError(f"eval_period={d['eval_period']} needs val_data=FILE (a COCO JSON to evaluate on)")
+        if d.get("alpha_mode", "spatial") not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode={d['alpha_mode']!r}; choose one of {ALPHA_MODES} (Table 5b)")
+        if d.get("confidence_align", "patch") not in CONFIDENCE_ALIGNS:
+            raise ValueError(f"confidence_align={d['confidence_align']!r}; choose one of {CONFIDENCE_ALIGNS} (Table 5d)")
+        floor = d.get("confidence_floor")
+        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1):
+            raise ValueError(f"confidence_floor={floor!r}; choose null (maps as extracted) or a number in [0, 1] (Table 5c)")
         d = dict(d)
+        if floor is not None:
+            d["confidence_floor"] = float(floor)
         for k in ("copy_paste_scale", "min_sizes", "steps"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -166,7 +234,7 @@ class TrainSamples(torch.utils.data.Dataset):
             image, masks, conf, info = copy_paste(
                 item["image"], item["masks"], src["image"], src["masks"], src["confidence"], src["scores"], rng,
                 scale=tuple(self.cfg.copy_paste_scale), confident=confident,
-                alpha_blend=self.cfg.alpha_blend, target_conf=item["confidence"],
+                alpha_blend=self.cfg.alpha_blend, target_conf=item["confidence"], alpha_mode=self.cfg.alpha_mode,
             )
             scores = np.concatenate([item["scores"][info["target_keep"]], src["scores"][info["pasted"]]])
             item = {**item, "image": image, "masks": masks, "confidence": conf, "scores": scores}
@@ -257,9 +325,13 @@ def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    # With init_from every weight comes from that checkpoint: fetching DINO's RN50 first would only cost a
+    # download (or fail offline) for weights that are overwritten.
+    random_init = bool(cfg.init_from) or is_random(cfg.backbone_weights)
     return build_detector(
         cfg.backbone, droploss=cfg.droploss, sc_loss=cfg.sc_loss, min_size=tuple(cfg.min_sizes),
-        max_size=cfg.max_size, test_size=cfg.test_size, backbone_weights=cfg.backbone_weights, **cfg.detector,
+        max_size=cfg.max_size, test_size=cfg.test_size, backbone_weights=None if random_init else cfg.backbone_weights,
+        backbone_weights_sha256=None if random_init else cfg.backbone_weights_sha256, **cfg.detector,
     )
 
 
@@ -276,14 +348,20 @@ def latest_checkpoint(run: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _save(run: Path, it: int, model, optimizer, cfg: TrainConfig, final: bool = False) -> Path:
+def _save(run: Path, it: int, model, optimizer, cfg: TrainConfig, final: bool = False,
+          metrics_history: dict[str, Any] | None = None, training_bn: dict[str, torch.Tensor] | None = None) -> Path:
     state = {
+        # BatchNorm buffers as training left them, when "model" holds precise-BN statistics (final checkpoint):
+        # --resume restores these so that training on continues as an uninterrupted run would
+        "training_bn_buffers": training_bn,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "iteration": it,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "config": cfg.to_dict(),
+        # the logged losses' smoothing windows (MetricsRecorder), so --resume writes the same records
+        "metrics_history": metrics_history,
     }
     path = run / "model_final.pth" if final else checkpoint_path(run, it)
     tmp = path.with_suffix(".tmp")
@@ -313,6 +391,20 @@ def _init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _barrier(device: torch.device) -> None:
+    # NCCL needs the caller's GPU named, or it guesses one from the global rank (wrong on multi-node runs).
+    dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _evaluate(validator: Validator | None, model: torch.nn.Module, it: int, device: torch.device, writers: list,
+              logger, world: int) -> None:
+    """Validation on rank 0 (``validator`` is None elsewhere) with the unwrapped model; the others wait."""
+    if validator is not None:
+        run_validation(validator, model, it, device, writers, logger)
+    if world > 1:
+        _barrier(device)
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Run (or resume) training; returns ``output/model_final.pth``."""
     rank, world, local_rank = _init_distributed()
@@ -323,14 +415,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    logger = setup_run_logger(run, rank)
+    logger.info("%s run %s on %s, %d process(es); resolved config: %s", "resuming" if resume else "starting",
+                run, device, world, run / "config.yaml")
+    logger.debug("config:\n%s", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
 
     torch.manual_seed(cfg.seed)
+    # Under torchrun, each node's first process fetches the backbone weights while the others wait, so they read
+    # the cached file instead of all downloading it at once.
+    first = local_rank == 0
+    if world > 1 and not first:
+        _barrier(device)
     model = build_model(cfg).to(device)
+    if world > 1 and first:
+        _barrier(device)
+    if rank == 0:
+        record = {"backbone": cfg.backbone, **model.backbone_weights_record.to_dict(), "init_from": cfg.init_from}
+        atomic_write_text(run / "backbone_weights.json", json.dumps(record, indent=2) + "\n")
+        logger.info("backbone weights: %s", json.dumps(record))
     if cfg.init_from:
         load_model_weights(model, cfg.init_from)
     groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_norm)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    recorder = MetricsRecorder(cfg.max_iter, cfg.log_window)
     start = 0
     if resume:
         ckpt = latest_checkpoint(run)
@@ -338,8 +446,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             raise FileNotFoundError(f"--resume: no checkpoint in {run} (missing {run / 'last_checkpoint'})")
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
+        if state.get("training_bn_buffers"):
+            model.load_state_dict({**model.state_dict(), **state["training_bn_buffers"]})
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
+        if state.get("metrics_history"):
+            recorder.load_state_dict(state["metrics_history"])
+        logger.info("resumed from %s at iteration %d", ckpt, start)
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -348,11 +461,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
-    dataset = PseudoMaskDataset(cfg.data, cfg.images)
+    dataset = PseudoMaskDataset(cfg.data, cfg.images, confidence_floor=cfg.confidence_floor,
+                                confidence_align=cfg.confidence_align)
     plain = dataset.images_without_confidence() if cfg.copy_paste and cfg.confident_copy_paste else 0
     if plain and rank == 0:
-        print(f"{plain} of {len(dataset)} images have pseudo-masks without Spatial Confidence (MaskCut's or predictions): "
-              "copy-paste picks their masks at random, as CutLER does, instead of by confidence")
+        logger.info(f"{plain} of {len(dataset)} images have pseudo-masks without Spatial Confidence (MaskCut's or "
+                    "predictions): copy-paste picks their masks at random, as CutLER does, instead of by confidence")
     samples = TrainSamples(dataset, cfg)
     per_rank = cfg.batch_size // world
     loader = torch.utils.data.DataLoader(
@@ -363,12 +477,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     )
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run / "tb"))
-    metrics = (run / "metrics.jsonl").open("a") if rank == 0 else None
+    writers = [JSONLinesWriter(run / "metrics.jsonl"), TensorBoardWriter(run / "tb"), ConsoleWriter(logger)] if rank == 0 else []
+    validator = None
+    if cfg.eval_period > 0 and rank == 0:
+        validator = Validator(cfg.val_data, cfg.val_images or cfg.images, run / "eval")
+        logger.info("validation on %s (%d images) every %d iterations and after the last", cfg.val_data,
+                    len(validator.paths), cfg.eval_period)
+    elif cfg.val_data and rank == 0:
+        logger.warning("val_data is set but eval_period=0: no validation during training")
 
     model.train()
     it = start
@@ -392,26 +508,50 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         scaler.step(optimizer)
         scaler.update()
         it += 1
+        # Every iteration's loss terms feed the smoothing windows (detectron2 puts them each iteration); averaged
+        # over the processes as detectron2 does, with one device-to-host copy for all terms.
+        term_values = torch.stack([v.detach().float() for v in losses.values()])
+        if world > 1:
+            dist.all_reduce(term_values)
+            term_values /= world
         if rank == 0:
+            recorder.put(it, dict(zip(losses, term_values.tolist())), optimizer.param_groups[0]["lr"],
+                         time=time.perf_counter() - t_data, data_time=data_time)
             bar.update(1)
             if it % cfg.log_period == 0 or it == cfg.max_iter:
-                record = {"iteration": it, "loss": float(total.detach()), "lr": optimizer.param_groups[0]["lr"],
-                          "data_time": data_time, **{k: float(v.detach()) for k, v in losses.items()}}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                for k, v in record.items():
-                    if k != "iteration":
-                        writer.add_scalar(k, v, it)
-                bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+                max_mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+                record = recorder.record(max_mem_mb=max_mem)
+                for w in writers:
+                    w.write(record)
+                bar.set_postfix(loss=f"{record['total_loss']:.3f}")
             if it % cfg.checkpoint_period == 0 and it < cfg.max_iter:
-                _save(run, it, model, optimizer, cfg)
+                _save(run, it, model, optimizer, cfg, metrics_history=recorder.state_dict())
+        if cfg.eval_period > 0 and it % cfg.eval_period == 0 and it < cfg.max_iter:
+            _evaluate(validator, model, it, device, writers, logger, world)
         t_data = time.perf_counter()
-    final = run / "model_final.pth"
     if rank == 0:
         bar.close()
-        final = _save(run, it, model, optimizer, cfg, final=True)
-        writer.close()
-        metrics.close()
+    training_bn = None
+    if cfg.precise_bn_iters > 0 and it == cfg.max_iter:
+        # CutLER's TEST.PRECISE_BN: true-average BN statistics of the final weights over fresh training batches
+        # (sample numbers after the run's last, so a resumed run uses the same ones).
+        extra = _Range(cfg.max_iter, dataclasses.replace(cfg, max_iter=cfg.max_iter + cfg.precise_bn_iters), rank, world)
+        bn_loader = torch.utils.data.DataLoader(samples, batch_size=per_rank, sampler=extra, num_workers=cfg.num_workers,
+                                                collate_fn=_collate)
+        training_bn = bn_buffers(model)
+        with preserved_rng():  # its random resizes must not move the RNG state the final checkpoint saves for --resume
+            n_bn = update_bn_stats(model, ([im.to(device) for im in ims] for ims, _ in bn_loader), cfg.precise_bn_iters, use_amp)
+        logger.info("precise BN: statistics of %d BatchNorm layers recomputed over %d batches", n_bn, cfg.precise_bn_iters)
+    final = run / "model_final.pth"
+    if rank == 0:
+        final = _save(run, it, model, optimizer, cfg, final=True, metrics_history=recorder.state_dict(),
+                      training_bn=training_bn)
+        logger.info("wrote %s (iteration %d)", final, it)
+    if cfg.eval_period > 0:
+        _evaluate(validator, model, it, device, writers, logger, world)  # after the last iteration, as detectron2
+    if rank == 0:
+        close_all(writers)
     if world > 1:
         dist.barrier()
+    release_run_logger(logger)
     return final

@@ -59,12 +59,14 @@ def default_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def download_checkpoint(url: str, cache_dir: Path | None = None) -> Path:
+def download_checkpoint(url: str, cache_dir: Path | None = None, flag: str = "--weights ") -> Path:
     """Path of the cached official checkpoint, downloading it first when absent.
 
     Args:
         url: official download URL; the cached file keeps its basename.
         cache_dir: directory of cached checkpoints (default :func:`default_cache_dir`).
+        flag: how the user passes a local file, as the error message shows it (``--weights `` for the
+            extraction CLI, ``backbone_weights=`` for training).
 
     Raises:
         WeightsUnavailableError: the file is not cached and the download failed (offline, HTTP error, disk).
@@ -81,7 +83,7 @@ def download_checkpoint(url: str, cache_dir: Path | None = None) -> Path:
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsUnavailableError(
             f"cannot download backbone weights from {url} ({exc}). On a machine with internet, download "
-            f"{filename} from {url}, copy it here and pass `--weights PATH/{filename}` "
+            f"{filename} from {url}, copy it here and pass `{flag}PATH/{filename}` "
             f"(or place it in {cache_dir})."
         ) from exc
     return target

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from cuts3d.model.backbone_weights import (
+    RANDOM_RECORD,
+    BackboneWeightsRecord,
+    is_random,
+    load_resnet50_weights,
+)
 from cuts3d.model.cascade import (
     DEFAULT_STAGE_BBOX_REG_WEIGHTS,
     DEFAULT_STAGE_IOUS,
@@ -82,7 +87,8 @@ class DetectorConfig:
     mask_train_stage: int = 0
     box_loss_beta: float = 0.0
     fpn_channels: int = 256
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # random; TrainConfig defaults to DINO's RN50
+    backbone_weights_sha256: str | None = None
 
 
 class TinyBackbone(nn.Module):
@@ -119,47 +125,36 @@ class TinyBackbone(nn.Module):
         return self.fpn(feats)
 
 
-def load_resnet50_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a ResNet-50 checkpoint in torchvision key layout (e.g. DINO RN50 converted) into ``model``.
-
-    Accepts a plain state dict or one nested under ``"state_dict"`` / ``"model"``. ``fc.*`` keys are optional
-    (the detector has no classifier); every other key must match exactly.
-
-    Raises:
-        KeyError: missing or unexpected keys.
-    """
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k for k in model.state_dict() if not k.startswith("fc.")}
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        raise KeyError(
-            f"{path}: not a torchvision ResNet-50 state dict; missing {missing[:5]} (+{max(len(missing) - 5, 0)}), "
-            f"unexpected {unexpected[:5]} (+{max(len(unexpected) - 5, 0)})"
-        )
-    model.load_state_dict(state, strict=False)  # only fc.* may be absent (checked above)
-
-
 def build_backbone(name: str, cfg: DetectorConfig) -> nn.Module:
-    """"r50_fpn" (torchvision ResNet-50 + FPN, random init or ``cfg.backbone_weights``) or "tiny"."""
+    """"r50_fpn" (torchvision ResNet-50 + FPN) or "tiny"; ``weights_record`` on the result says what was loaded.
+
+    r50_fpn starts from ``cfg.backbone_weights`` ("dino_resnet50", a file, or None / "none" for random weights;
+    see :mod:`cuts3d.model.backbone_weights`); "tiny" has no pretrained weights and accepts only None / "none".
+    """
     if name == "r50_fpn":
         body = resnet50(weights=None, norm_layer=nn.BatchNorm2d)
-        if cfg.backbone_weights is not None:
-            load_resnet50_weights(body, cfg.backbone_weights)
+        record = RANDOM_RECORD
+        if not is_random(cfg.backbone_weights):
+            record = load_resnet50_weights(body, cfg.backbone_weights, cfg.backbone_weights_sha256)
+        elif cfg.backbone_weights_sha256 is not None:
+            raise ValueError("backbone_weights_sha256 was given but backbone_weights is none (random): no file to check")
         # FREEZE_AT 0: all 5 blocks trainable; trainable BatchNorm in the body and, as CutLER's FPN.NORM, in the
         # FPN (both SyncBN in CutLER; cuts3d.engine.train converts them under multi-GPU DDP).
         if cfg.fpn_norm not in ("bn", "none"):
             raise ValueError(f"fpn_norm={cfg.fpn_norm!r}; choose bn (CutLER) or none")
         fpn_norm = nn.BatchNorm2d if cfg.fpn_norm == "bn" else None
-        return _resnet_fpn_extractor(body, trainable_layers=5, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
+        fpn = _resnet_fpn_extractor(body, trainable_layers=5, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
+        fpn.weights_record = record
+        return fpn
     if name == "tiny":
-        if cfg.backbone_weights is not None:
-            raise ValueError("backbone_weights only applies to the r50_fpn backbone")
-        return TinyBackbone(out_channels=cfg.fpn_channels)
+        if not is_random(cfg.backbone_weights) or cfg.backbone_weights_sha256 is not None:
+            raise ValueError(
+                f"backbone_weights={cfg.backbone_weights} is a ResNet-50 file; the tiny backbone has no pretrained "
+                "weights: set backbone_weights=none (the tiny_cpu preset does) or use backbone=r50_fpn"
+            )
+        tiny = TinyBackbone(out_channels=cfg.fpn_channels)
+        tiny.weights_record = RANDOM_RECORD
+        return tiny
     raise ValueError(f"unknown backbone {name!r}; expected 'r50_fpn' or 'tiny'")
 
 
@@ -186,6 +181,11 @@ class CascadeMaskRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
         self.config = config
+
+    @property
+    def backbone_weights_record(self) -> BackboneWeightsRecord:
+        """What the ResNet started from (set by :func:`build_backbone`; random for a backbone built elsewhere)."""
+        return getattr(self.backbone, "weights_record", RANDOM_RECORD)
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -248,15 +248,16 @@ def build_detector(
     """Build the class-agnostic Cascade Mask R-CNN.
 
     Args:
-        backbone: "r50_fpn" (ResNet-50 FPN, random init unless ``backbone_weights`` names a torchvision-layout
-            checkpoint, loaded with ``weights_only=True`` and a strict key check) or "tiny" (CPU tests).
+        backbone: "r50_fpn" (ResNet-50 FPN, random init unless ``backbone_weights`` is "dino_resnet50" or a
+            ResNet-50 file in torchvision or detectron2 layout, checked strictly; see
+            :mod:`cuts3d.model.backbone_weights`) or "tiny" (CPU tests).
         droploss: DropLoss on the cascade classification losses (spec 4.2; off for self-training).
         sc_loss: Spatial Confidence weighted mask loss (Eq. 6) when targets carry ``confidence``.
         min_size: shorter side (an int, or a tuple sampled per image in training: multi-scale).
         max_size: longer-side cap.
         (``test_size`` in ``cfg``: shorter side at test time; None tests at the last training size.)
         **cfg: any other :class:`DetectorConfig` field (e.g. ``rpn_post_nms_top_n_train``, ``score_thresh``,
-            ``detections_per_img``, ``backbone_weights``).
+            ``detections_per_img``, ``backbone_weights``, ``backbone_weights_sha256``).
 
     Raises:
         TypeError: unknown config key.

@@ -364,4 +364,7 @@ def extract(cfg: ExtractConfig) -> Path | None:
 
 
 def _info(cfg: ExtractConfig) -> dict[str, Any]:
-    return {"description": "cuts3d pseudo-masks", "method": cfg.cut.method, "backbone": cfg.backbone, "depth": cfg.depth}
+    """The JSON's ``info``. ``confidence_floor`` is the c_min the SC maps were clipped at: training's Table 5c
+    switch reads it to refuse a lower floor, which the maps cannot provide (cuts3d.data.dataset)."""
+    return {"description": "cuts3d pseudo-masks", "method": cfg.cut.method, "backbone": cfg.backbone, "depth": cfg.depth,
+            "confidence_floor": cfg.cut.confidence_floor}

@@ -59,6 +59,59 @@ def test_alpha_blend_follows_eq5_exactly():
     np.testing.assert_array_equal(conf, s_conf[:2])  # pasted masks keep their SC maps
 
 
+
+def _scalar_case():
+    """Two pasted instances with different SC maps (one with an SC value outside its mask), no resize."""
+    tgt, src = _images(7)
+    s_masks = _masks(np.s_[2:8, 2:8], np.s_[10:16, 3:9], np.s_[12:18, 12:18])
+    s_conf = np.ones((3, H, W), np.float32)
+    s_conf[0, 2:4, 2:8] = 0.5  # 12 of 36 pixels at 0.5: mean 5/6
+    s_conf[1, 10:16, 3:5] = 0.6667  # 12 of 36 at 2/3
+    s_conf[0, 0, 0] = 0.1  # outside mask 0: must not enter its mean
+    return tgt, src, s_masks, s_conf, np.array([0.9, 0.8, 0.1])
+
+
+def test_scalar_alpha_is_the_mask_mean_sc_constant_per_instance():
+    tgt, src, s_masks, s_conf, scores = _scalar_case()
+    img, masks, conf, info = copy_paste(
+        tgt, np.zeros((0, H, W), bool), src, s_masks, s_conf, scores,
+        np.random.default_rng(_seed_with_count(3, 2)), scale=FULL, alpha_mode="scalar",
+    )
+    assert list(info["pasted"]) == [0, 1]
+    alpha = info["alpha"]
+    for i in (0, 1):
+        values = np.unique(alpha[s_masks[i]])
+        assert values.size == 1  # constant over the pasted instance
+        assert values[0] == pytest.approx(s_conf[i][s_masks[i]].mean(), abs=1e-6)
+    assert alpha[s_masks[0]][0] == pytest.approx(5 / 6, abs=1e-6)
+    assert np.all(alpha[~(s_masks[0] | s_masks[1])] == 0)
+    a = alpha[..., None]
+    np.testing.assert_allclose(img, a * src + (1.0 - a) * tgt, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(conf, s_conf[:2])  # the SC maps themselves are kept for the loss
+
+
+def test_spatial_alpha_is_the_default_and_differs_from_scalar():
+    tgt, src, s_masks, s_conf, scores = _scalar_case()
+    args = (tgt, np.zeros((0, H, W), bool), src, s_masks, s_conf, scores)
+    seed = _seed_with_count(3, 2)
+    default = copy_paste(*args, np.random.default_rng(seed), scale=FULL)
+    spatial = copy_paste(*args, np.random.default_rng(seed), scale=FULL, alpha_mode="spatial")
+    scalar = copy_paste(*args, np.random.default_rng(seed), scale=FULL, alpha_mode="scalar")
+    np.testing.assert_array_equal(default[0], spatial[0])
+    np.testing.assert_array_equal(default[3]["alpha"], spatial[3]["alpha"])
+    assert spatial[3]["alpha"][2, 2] == 0.5 and spatial[3]["alpha"][7, 7] == 1.0
+    assert not np.array_equal(spatial[3]["alpha"], scalar[3]["alpha"])
+    # without alpha blending the mode does not matter: binary paste
+    binary = copy_paste(*args, np.random.default_rng(seed), scale=FULL, alpha_blend=False, alpha_mode="scalar")
+    np.testing.assert_array_equal(binary[3]["alpha"], (s_masks[0] | s_masks[1]).astype(np.float32))
+
+
+def test_unknown_alpha_mode_is_refused():
+    tgt, src, s_masks, s_conf, scores = _scalar_case()
+    with pytest.raises(ValueError, match="alpha_mode='mean'.*spatial.*scalar"):
+        copy_paste(tgt, np.zeros((0, H, W), bool), src, s_masks, s_conf, scores, np.random.default_rng(0),
+                   alpha_mode="mean")
+
 def test_binary_paste_and_uint8_rounding():
     tgt_f, src_f = _images(1)
     tgt, src = (tgt_f * 255).astype(np.uint8), (src_f * 255).astype(np.uint8)

@@ -1,6 +1,7 @@
 """PseudoMaskDataset: pseudo-mask JSON + images -> detection targets with SC maps at image resolution."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -99,3 +100,90 @@ def test_polygon_segmentations_are_read_as_masks(tmp_path):
     item = PseudoMaskDataset(tmp_path / "d.json", tmp_path).load_numpy(0)
     assert item["masks"].shape == (1, 20, 30) and item["masks"][0, 3:8, 3:12].all() and not item["masks"][0, 12:].any()
     assert (item["confidence"] == 1).all()
+
+
+# --- ablation switches at load time: confidence floor (Table 5c), mask-aligned SC (Table 5d) ---
+
+
+def _with_info(path, **info):
+    coco = json.loads(path.read_text())
+    coco["info"] = {"description": "cuts3d pseudo-masks", **info}
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_confidence_floor_lifts_the_maps_and_keeps_the_scores(tmp_path):
+    path, _, (m0, _), sc = _write(tmp_path)
+    _with_info(path, confidence_floor=0.5)
+    plain = PseudoMaskDataset(path, tmp_path / "imgs").load_numpy(0)
+    lifted = PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.67).load_numpy(0)
+    np.testing.assert_array_equal(lifted["confidence"][0], upsample_nearest(np.maximum(sc, np.float32(0.67)), (H, W)))
+    assert lifted["confidence"][0].min() == np.float32(0.67) and plain["confidence"][0].min() == 0.5
+    np.testing.assert_array_equal(lifted["confidence"][1], 1.0)  # a mask without SC stays all ones
+    # the per-mask scores stay as extracted: the first from its `score`, the second (no SC) the mean of ones
+    np.testing.assert_array_equal(lifted["scores"], plain["scores"])
+
+
+def test_floor_equal_to_the_recorded_one_changes_nothing(tmp_path):
+    path, *_ = _write(tmp_path)
+    _with_info(path, confidence_floor=0.5)
+    a = PseudoMaskDataset(path, tmp_path / "imgs").load_numpy(0)
+    b = PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.5).load_numpy(0)
+    np.testing.assert_array_equal(a["confidence"], b["confidence"])
+
+
+def test_floor_below_the_recorded_extraction_floor_is_refused(tmp_path):
+    path, *_ = _write(tmp_path)
+    _with_info(path, confidence_floor=0.67)
+    PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.83)  # above: fine
+    with pytest.raises(ValueError, match=r"pseudo\.json: confidence_floor=0\.5 .*extracted with floor 0\.67.*re-extract.*cut\.confidence_floor=0\.5"):
+        PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.5)
+
+
+def test_recorded_floor_falls_back_to_the_extraction_config_beside_the_json(tmp_path):
+    path, *_ = _write(tmp_path)
+    (tmp_path / "config.yaml").write_text("images: x\ncut:\n  method: cuts3d\n  confidence_floor: 0.3\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # known floor: no warning
+        PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.4)
+    with pytest.raises(ValueError, match="extracted with floor 0.3"):
+        PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.2)
+
+
+def test_unknown_extraction_floor_assumes_the_default(tmp_path):
+    path, *_ = _write(tmp_path)  # no info, no config.yaml
+    with pytest.warns(UserWarning, match="does not record its extraction confidence floor; assuming 0.5"):
+        ds = PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.6)
+    assert ds.load_numpy(0)["confidence"][0].min() == np.float32(0.6)
+    with pytest.raises(ValueError, match="do not record their extraction floor.*re-extract"):
+        PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.4)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=1.5)
+
+
+def test_floor_is_not_checked_without_confidence_maps(tmp_path):
+    path, *_ = _write(tmp_path)
+    coco = json.loads(path.read_text())
+    for ann in coco["annotations"]:
+        ann.pop("confidence", None)  # MaskCut pseudo-masks: nothing to floor
+    path.write_text(json.dumps(coco))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        item = PseudoMaskDataset(path, tmp_path / "imgs", confidence_floor=0.1).load_numpy(0)
+    assert (item["confidence"] == 1).all()
+
+
+def test_mask_aligned_confidence(tmp_path):
+    from cuts3d.masks.filters import align_confidence_to_mask
+
+    path, _, (m0, _), sc = _write(tmp_path)
+    patch = PseudoMaskDataset(path, tmp_path / "imgs").load_numpy(0)
+    aligned = PseudoMaskDataset(path, tmp_path / "imgs", confidence_align="mask").load_numpy(0)
+    np.testing.assert_array_equal(aligned["confidence"][0], align_confidence_to_mask(sc, m0))
+    assert not np.array_equal(aligned["confidence"][0], patch["confidence"][0])
+    # the low patch row 0, columns 8-31 lies half inside m0 (rows 4-19): outside pixels above the mask in
+    # columns 8-23 keep 0.5 (a half-inside patch serves both sides); the mask's own pixels below row 7 are 1
+    assert (aligned["confidence"][0][m0 & (np.arange(H)[:, None] >= 8)] == 1).all()
+    np.testing.assert_array_equal(aligned["confidence"][1], 1.0)
+    with pytest.raises(ValueError, match="confidence_align='border'.*patch.*mask"):
+        PseudoMaskDataset(path, tmp_path / "imgs", confidence_align="border")

@@ -2,32 +2,17 @@
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cuts3d.cli import main
 from cuts3d.engine.train import TrainConfig, lr_factor, resolve_train_config, train
-from cuts3d.masks.coco import encode_confidence, ground_truth_dataset
-from cuts3d.synthetic import make_scene
+from cuts3d.synthetic.detection import write_detection_set
 
 
 def _pseudo_dataset(tmp_path, n=4):
     """Synthetic scenes as an image folder + a pseudo-mask JSON (their true masks, confidence maps)."""
-    images = tmp_path / "images"
-    images.mkdir()
-    scenes = [make_scene(s, grid=16, patch_size=8) for s in range(n)]  # 128 x 128 px
-    coco = ground_truth_dataset([s.masks for s in scenes])
-    for img, s in zip(coco["images"], scenes):
-        Image.fromarray(s.image).save(images / img["file_name"])
-    conf = np.ones((16, 16), np.float32)
-    conf[0, :4] = 0.5
-    for ann in coco["annotations"]:
-        ann["confidence"] = encode_confidence(conf)
-        ann["confidence_score"] = ann["score"] = 0.9
-    data = tmp_path / "pseudo.json"
-    data.write_text(json.dumps(coco))
-    return data, images, coco
+    data, images = write_detection_set(tmp_path, range(n))  # 128 x 128 px
+    return data, images, json.loads(data.read_text())
 
 
 def _cfg(data, images, out, **kw):
@@ -51,15 +36,28 @@ def test_lr_schedule_warmup_and_steps():
 def test_resume_continues_the_identical_loss_sequence(tmp_path):
     data, images, _ = _pseudo_dataset(tmp_path)
     full = tmp_path / "full"
-    train(_cfg(data, images, full, max_iter=6, log_period=1))
+    train(_cfg(data, images, full, max_iter=6, log_period=1, checkpoint_period=5))
     part = tmp_path / "part"
-    train(_cfg(data, images, part, max_iter=3, log_period=1))  # "crashes" after iteration 3 (its last checkpoint)
-    train(_cfg(data, images, part, max_iter=6, log_period=1), resume=True)
+    # ends at iteration 3, whose final checkpoint holds precise-BN statistics; then trained on to 6
+    train(_cfg(data, images, part, max_iter=3, log_period=1, checkpoint_period=5))
+    train(_cfg(data, images, part, max_iter=6, log_period=1, checkpoint_period=5), resume=True)
     a, b = _losses(full), _losses(part)
     assert [r["iteration"] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-7), (ra, rb)
+        # "loss": the raw single-iteration total; "total_loss" and "loss_box_stage0": medians over the logging
+        # window, which after the restart must still hold the iterations before it (saved in the checkpoint)
+        for key in ("loss", "total_loss", "loss_box_stage0", "last/loss_box_stage0"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (key, ra, rb)
+    # the first record after the restart is smoothed over iterations 1-4, not over iteration 4 alone
+    assert b[3]["total_loss"] != pytest.approx(b[3]["loss"], rel=1e-6)
     assert (full / "config.yaml").is_file() and (full / "tb").is_dir()
+    assert "resumed from" in (part / "log.txt").read_text()
+    # the training-time BatchNorm statistics continue too (not the precise ones of the short run's final model)
+    import torch
+
+    ckpt_a, ckpt_b = (torch.load(r / "model_0000005.pth", weights_only=True)["model"] for r in (full, part))
+    for key in (k for k in ckpt_a if k.endswith("running_mean") or k.endswith("running_var")):
+        torch.testing.assert_close(ckpt_a[key], ckpt_b[key], rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_training_then_predict_and_eval(tmp_path):
@@ -106,17 +104,21 @@ def test_selftrain_round_end_to_end(tmp_path):
     assert cfg["init_from"] == str(run) and cfg["backbone"] == "tiny"
 
 
-def test_tiny_detector_learns_its_training_images(tmp_path):
-    """The issue's bar: the tiny recipe on a handful of synthetic images reaches mask AP50 > 50 on them."""
+def test_tiny_preset_learns_24_scenes_and_generalises(tmp_path):
+    """Issue 10's bar for the shipped tiny_cpu preset as it is: trained on 24 synthetic scenes, mask AP50 >= 50 on
+    them and >= 25 on 16 unseen ones (measured: 82 / 69 with seed 0; 77-84 / 67-77 over seeds 0-2)."""
     from cuts3d.engine.predict import run_predict
     from cuts3d.eval import evaluate
 
-    data, images, _ = _pseudo_dataset(tmp_path, n=4)
+    data, images = write_detection_set(tmp_path / "train", range(24))
+    unseen_data, unseen_images = write_detection_set(tmp_path / "unseen", range(1000, 1016))
     run = tmp_path / "run"
-    train(_cfg(data, images, run, max_iter=300, steps=[240], log_period=50))
-    pred = run_predict(run, images, tmp_path / "pred.json", gt=data)
-    metrics = evaluate(str(data), str(pred), iou_types=("segm",), verbose=False)
-    assert metrics["segm"]["AP50"] > 50, metrics
+    train(_cfg(data, images, run, log_period=100))
+    ap50 = {}
+    for name, (gt, folder) in {"train": (data, images), "unseen": (unseen_data, unseen_images)}.items():
+        pred = run_predict(run, folder, tmp_path / f"pred_{name}.json", gt=gt)
+        ap50[name] = evaluate(str(gt), str(pred), iou_types=("segm",), verbose=False)["segm"]["AP50"]
+    assert ap50["train"] >= 50 and ap50["unseen"] >= 25, ap50
 
 
 def test_gradient_clipping_is_per_parameter_as_detectron2():

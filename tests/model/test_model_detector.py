@@ -1,16 +1,37 @@
-"""Class-agnostic Cascade Mask R-CNN (spec 4.1) with DropLoss (4.2) and the SC mask loss (4.5), tiny backbone on CPU."""
+"""Class-agnostic Cascade Mask R-CNN (spec 4.1) with DropLoss (4.2) and the SC mask loss (4.5), tiny backbone on CPU;
+the R50 backbone's start weights (DINO RN50 by name, torchvision .pth or detectron2 .pkl, offline errors, sha256)."""
 
+import io
+import json
 import math
+import os
+import pickle
+import re
+import shutil
+import urllib.error
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet50
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import box_iou
 
+from cuts3d.engine.events import release_run_logger
+from cuts3d.features.weights import KNOWN_SHA256, CheckpointError, WeightsUnavailableError, sha256_file
+from cuts3d.model.backbone_weights import (
+    BackboneWeightsRecord,
+    _NumpyOnlyUnpickler,
+    detectron2_to_torchvision_key,
+    load_resnet50_weights,
+    read_resnet50_state,
+    resolve_resnet50_weights,
+    torchvision_to_detectron2_key,
+)
 from cuts3d.model.cascade import CascadeRoIHeads, cascade_stage_losses
-from cuts3d.model.detector import build_detector, load_resnet50_weights
+from cuts3d.model.detector import DetectorConfig, build_backbone, build_detector
 
 H, W = 112, 144  # resized to 128 x 164 by the transform (min_size 128), so targets and SC go through the resize
 STAGE_KEYS = {f"loss_{kind}_stage{t}" for kind in ("cls", "box") for t in range(3)}
@@ -245,17 +266,14 @@ def test_unknown_config_key_and_backbone_raise():
         build_detector("vit")
 
 
-def test_r50_backbone_loads_torchvision_layout_checkpoint_strictly(tmp_path):
-    torch.manual_seed(3)
-    state = resnet50(weights=None).state_dict()
-    ckpt = tmp_path / "rn50.pth"
-    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, ckpt)  # DINO-style: no classifier
+def test_r50_backbone_loads_torchvision_layout_checkpoint_strictly(rn50_state, dino_file):
     model = build_detector(
-        "r50_fpn", backbone_weights=str(ckpt), representation_size=64, mask_head_layers=(8,), **FAST
+        "r50_fpn", backbone_weights=str(dino_file), representation_size=64, mask_head_layers=(8,), **FAST
     )
     assert isinstance(model.roi_heads, CascadeRoIHeads)
-    assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
-    assert torch.equal(model.backbone.body.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+    assert torch.equal(model.backbone.body.conv1.weight, rn50_state["conv1.weight"])
+    assert torch.equal(model.backbone.body.layer4[2].bn3.running_var, rn50_state["layer4.2.bn3.running_var"])
+    assert model.backbone_weights_record.sha256 == sha256_file(dino_file)
     assert all(p.requires_grad for p in model.backbone.body.parameters())  # FREEZE_AT 0
     # End to end on one small image: the R50-FPN feature names match the RPN/pooler levels.
     images, targets = _data()
@@ -263,12 +281,6 @@ def test_r50_backbone_loads_torchvision_layout_checkpoint_strictly(tmp_path):
     assert set(losses) == LOSS_KEYS and all(torch.isfinite(v) for v in losses.values())
     det = model.eval()(images[:1])[0]
     assert det["masks"].shape[1:] == (1, H, W) and (det["labels"] == 1).all()
-
-    bad = dict(state)
-    bad["layer1.0.conv1.weightx"] = bad.pop("layer1.0.conv1.weight")
-    torch.save(bad, ckpt)
-    with pytest.raises(KeyError, match="missing"):
-        load_resnet50_weights(resnet50(weights=None), ckpt)
 
 
 def test_test_size_is_used_in_eval_and_training_sizes_in_training():
@@ -286,3 +298,257 @@ def test_test_size_is_used_in_eval_and_training_sizes_in_training():
     torchvision_rule = build_detector("tiny", min_size=(96, 128), max_size=4000)
     torchvision_rule.eval()
     assert torchvision_rule.transform([image])[0].image_sizes[0] == (128, 256)
+
+
+# ------------------------------------------------------------------ ResNet-50 start weights (issue 10 item 6)
+# One random ResNet-50 state dict (~100 MB) for the whole module, saved once in each layout.
+
+DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth"
+
+
+@pytest.fixture(scope="module")
+def rn50_state() -> dict[str, torch.Tensor]:
+    """A torchvision ResNet-50 state dict as DINO ships it (no ``fc``), with non-default BatchNorm statistics."""
+    torch.manual_seed(3)
+    state = {k: v for k, v in resnet50(weights=None).state_dict().items() if not k.startswith("fc.")}
+    g = torch.Generator().manual_seed(4)
+    for k, v in state.items():
+        if k.endswith(("running_mean", "running_var", "bn1.weight", "bn2.bias")):
+            state[k] = torch.rand(v.shape, generator=g) + 0.5  # so a value left at its init would show
+        elif k.endswith("num_batches_tracked"):
+            state[k] = torch.tensor(7)
+    return state
+
+
+@pytest.fixture(scope="module")
+def dino_file(rn50_state, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rn50") / "dino_resnet50_pretrain.pth"
+    torch.save(rn50_state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def d2_file(rn50_state, tmp_path_factory) -> Path:
+    """The same weights as CutLER's dino_RN50_pretrain_d2_format.pkl stores them: numpy arrays, detectron2 keys."""
+    path = tmp_path_factory.mktemp("rn50_d2") / "dino_RN50_pretrain_d2_format.pkl"
+    model = {torchvision_to_detectron2_key(k): v.numpy() for k, v in rn50_state.items()
+             if not k.endswith("num_batches_tracked")}  # detectron2's BatchNorm has no step counter
+    with open(path, "wb") as fh:
+        pickle.dump({"model": model, "__author__": "DINO", "matching_heuristics": True}, fh)
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """No network and an empty torch hub cache under tmp_path; returns the URLs a download was tried for."""
+    calls: list[str] = []
+
+    def fail(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        calls.append(url)
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return calls
+
+
+def _body_state(weights: str | Path, **kw) -> tuple[dict[str, torch.Tensor], object]:
+    fpn = build_backbone("r50_fpn", DetectorConfig(backbone_weights=str(weights), **kw))
+    return fpn.body.state_dict(), fpn.weights_record
+
+
+# Key pairs written out by hand by applying the rules of MoCo's detection/convert-pretrain-to-detectron2.py (which
+# CutLER's README points to for dino_RN50_pretrain_d2_format.pkl): "stem." for keys outside the layers,
+# layerN -> res{N+1}, bnK -> convK.norm, downsample.0 -> shortcut, downsample.1 -> shortcut.norm.
+CUTLER_PAIRS = [
+    ("conv1.weight", "stem.conv1.weight"),
+    ("bn1.weight", "stem.conv1.norm.weight"),
+    ("bn1.running_var", "stem.conv1.norm.running_var"),
+    ("layer1.0.conv1.weight", "res2.0.conv1.weight"),
+    ("layer1.0.bn3.bias", "res2.0.conv3.norm.bias"),
+    ("layer1.0.downsample.0.weight", "res2.0.shortcut.weight"),
+    ("layer1.0.downsample.1.running_mean", "res2.0.shortcut.norm.running_mean"),
+    ("layer2.3.bn1.running_mean", "res3.3.conv1.norm.running_mean"),
+    ("layer3.5.bn2.weight", "res4.5.conv2.norm.weight"),
+    ("layer4.2.conv3.weight", "res5.2.conv3.weight"),
+    ("layer4.0.downsample.1.num_batches_tracked", "res5.0.shortcut.norm.num_batches_tracked"),
+]
+
+
+def test_key_mapping_matches_cutlers_conversion_and_inverts(rn50_state):
+    for tv, d2 in CUTLER_PAIRS:
+        assert torchvision_to_detectron2_key(tv) == d2
+        assert detectron2_to_torchvision_key(d2) == tv
+    # A detectron2 model's own state dict prefixes the ResNet with backbone.bottom_up.; a third-party converter
+    # also leaves the stem without "stem.".
+    assert detectron2_to_torchvision_key("backbone.bottom_up.res3.0.shortcut.norm.weight") == "layer2.0.downsample.1.weight"
+    assert detectron2_to_torchvision_key("backbone.bottom_up.conv1.norm.bias") == "bn1.bias"
+    d2_keys = [torchvision_to_detectron2_key(k) for k in rn50_state]
+    assert len(set(d2_keys)) == len(d2_keys)
+    assert not [k for k in d2_keys if re.search(r"layer|bn\d|downsample", k) or not re.match(r"(stem|res[2-5])\.", k)]
+    assert [detectron2_to_torchvision_key(k) for k in d2_keys] == list(rn50_state)
+
+
+def test_dino_style_pth_loads_every_body_weight(rn50_state, dino_file):
+    body, record = _body_state(dino_file)
+    assert set(body) == set(rn50_state)  # the body has no fc (the FPN extractor drops it)
+    assert all(torch.equal(body[k], v) for k, v in rn50_state.items())
+    assert record == BackboneWeightsRecord("file", str(dino_file.resolve()), sha256_file(dino_file), None, "torchvision")
+
+
+def test_detectron2_pkl_loads_identical_tensors(rn50_state, d2_file):
+    model = resnet50(weights=None)
+    record = load_resnet50_weights(model, d2_file)
+    state = model.state_dict()
+    for k, v in rn50_state.items():
+        if k.endswith("num_batches_tracked"):
+            assert int(state[k]) == 0  # absent from detectron2 files: the model's own counter stays
+        else:
+            assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
+    assert record.layout == "detectron2" and record.sha256 == sha256_file(d2_file) and record.name == "file"
+
+
+def test_pkl_unpickler_reads_only_numpy_arrays(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array(3, dtype=np.int64), "c": np.float64(2.5)}
+    for protocol in (2, 4, 5):  # 2 stores bytes via _codecs.encode, 5 arrays via _frombuffer
+        loaded = _NumpyOnlyUnpickler(io.BytesIO(pickle.dumps({"model": arrays}, protocol=protocol))).load()["model"]
+        assert all(np.array_equal(loaded[k], v) and loaded[k].dtype == np.asarray(v).dtype for k, v in arrays.items())
+
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())  # harmless if it ran; any callable but numpy's array builders must be refused
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"conv1.weight": Payload()}}))
+    with pytest.raises(CheckpointError, match=r"posix\.getcwd is not allowed|os\.getcwd is not allowed|not allowed"):
+        load_resnet50_weights(resnet50(weights=None), evil)
+
+
+def test_wrong_files_are_checkpoint_errors_naming_file_and_fix(tmp_path, rn50_state, dino_file):
+    fix = "backbone_weights=PATH"
+    partial = tmp_path / "partial.pth"
+    torch.save({"conv1.weight": rn50_state["conv1.weight"], "head.weight": torch.zeros(2)}, partial)
+    with pytest.raises(CheckpointError, match="missing keys: bn1.bias.*unexpected keys: head.weight") as info:
+        load_resnet50_weights(resnet50(weights=None), partial)
+    assert str(partial) in str(info.value) and fix in str(info.value)
+
+    full = tmp_path / "checkpoint.pth"  # DINO's training checkpoint, not the backbone-only file
+    torch.save({"student": {"conv1.weight": torch.zeros(1)}, "teacher": {"conv1.weight": torch.zeros(1)}, "epoch": 3}, full)
+    with pytest.raises(CheckpointError, match="full DINO training checkpoint.*backbone-only file.*dino_resnet50_pretrain.pth"):
+        load_resnet50_weights(resnet50(weights=None), full)
+
+    # Shapes are checked against the model (a small stand-in model keeps the file small).
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, wrong)
+    with pytest.raises(CheckpointError, match=r"wrong shapes.*conv1.weight \(64, 3, 3, 3\) != \(64, 3, 7, 7\)"):
+        read_resnet50_state(wrong, {"conv1.weight": torch.zeros(64, 3, 7, 7)})
+
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="cannot read .*garbage.pkl"):
+        load_resnet50_weights(resnet50(weights=None), garbage)
+    text = tmp_path / "text.pth"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="weights-only torch file"):
+        load_resnet50_weights(resnet50(weights=None), text)
+
+    with pytest.raises(FileNotFoundError, match="neither a file nor one of dino_resnet50"):
+        load_resnet50_weights(resnet50(weights=None), tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        _body_state(dino_file, backbone_weights_sha256="0" * 64)
+    assert _body_state(dino_file, backbone_weights_sha256=sha256_file(dino_file).upper())[1].name == "file"
+    with pytest.raises(ValueError, match="tiny backbone has no pretrained weights"):
+        build_backbone("tiny", DetectorConfig(backbone_weights=str(dino_file)))
+    with pytest.raises(ValueError, match="backbone_weights_sha256 was given"):
+        build_backbone("r50_fpn", DetectorConfig(backbone_weights="none", backbone_weights_sha256="0" * 64))
+
+
+def test_dino_resnet50_offline_is_weights_unavailable_naming_url(offline, tmp_path):
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_backbone("r50_fpn", DetectorConfig(backbone_weights="dino_resnet50"))
+    message = str(info.value)
+    assert offline == [DINO_URL] and DINO_URL in message
+    assert "backbone_weights=PATH/dino_resnet50_pretrain.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "\n" not in message
+
+
+def test_dino_resnet50_uses_the_cached_file_and_checks_known_hash(offline, tmp_path, rn50_state, dino_file, monkeypatch):
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    cached = cache / "dino_resnet50_pretrain.pth"
+    try:
+        os.link(dino_file, cached)  # no 100 MB copy when the file system allows it
+    except OSError:
+        shutil.copyfile(dino_file, cached)
+    body, record = _body_state("dino_resnet50")
+    assert offline == []  # no download tried
+    assert all(torch.equal(body[k], v) for k, v in rn50_state.items())
+    assert record == BackboneWeightsRecord("dino_resnet50", str(cached.resolve()), sha256_file(dino_file), DINO_URL,
+                                           "torchvision")
+    monkeypatch.setitem(KNOWN_SHA256, "dino_resnet50", "f" * 64)
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        _body_state("dino_resnet50")
+    monkeypatch.setitem(KNOWN_SHA256, "dino_resnet50", record.sha256)
+    assert _body_state("dino_resnet50")[1].sha256 == record.sha256
+
+
+def test_dino_resnet50_download_goes_to_the_cache_once(monkeypatch, tmp_path, dino_file):
+    calls: list[str] = []
+
+    def fake_download(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        calls.append(url)
+        shutil.copyfile(dino_file, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    path, record = resolve_resnet50_weights("dino_resnet50", cache_dir=tmp_path)
+    assert path == tmp_path / "dino_resnet50_pretrain.pth" and calls == [DINO_URL]
+    assert resolve_resnet50_weights("dino_resnet50", cache_dir=tmp_path)[1] == record and calls == [DINO_URL]
+
+
+def test_training_defaults_presets_and_paths_that_must_not_download(offline, tmp_path, dino_file, monkeypatch):
+    from cuts3d.engine.cli_train import preset_or_file
+    from cuts3d.engine.train import TrainConfig, build_model, resolve_train_config, train
+
+    assert TrainConfig().backbone_weights == "dino_resnet50"
+    for preset, expected in (("paper", "dino_resnet50"), ("one_gpu", "dino_resnet50"), ("tiny_cpu", "none")):
+        assert resolve_train_config({}, [preset_or_file(preset)], []).backbone_weights == expected
+    with pytest.raises(ValueError, match="tiny backbone has no pretrained weights.*backbone_weights=none"):
+        resolve_train_config({}, [], ["backbone=tiny"])
+    small = {"representation_size": 16, "mask_head_layers": [8]}
+    # predict (backbone_weights None) and init_from (the checkpoint replaces every weight) build without a download.
+    assert build_model(TrainConfig(backbone_weights=None, detector=small)).backbone_weights_record.name == "none"
+    cfg = TrainConfig(init_from=str(tmp_path / "prev"), backbone_weights_sha256="0" * 64, detector=small)
+    assert build_model(cfg).backbone_weights_record.name == "none" and offline == []
+
+    # train() writes the start weights and their sha256 into the run folder before anything else happens.
+    class Stop(Exception):
+        pass
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Stop
+
+    monkeypatch.setattr(torch.optim, "SGD", stop)
+    run = tmp_path / "run"
+    cfg = TrainConfig(output=str(run), backbone_weights=str(dino_file), device="cpu", detector=small)
+    try:
+        with pytest.raises(Stop):
+            train(cfg)
+    finally:
+        release_run_logger()
+    record = json.loads((run / "backbone_weights.json").read_text())
+    assert record == {"backbone": "r50_fpn", "name": "file", "path": str(dino_file.resolve()),
+                      "sha256": sha256_file(dino_file), "url": None, "layout": "torchvision", "init_from": None}
+
+
+def test_train_cli_offline_exits_with_the_message_and_no_traceback(offline, tmp_path, capsys):
+    from cuts3d.cli import main
+
+    try:
+        code = main(["train", "--data", str(tmp_path / "a.json"), "--images", str(tmp_path), "--output",
+                     str(tmp_path / "run"), "--config", "one_gpu", "device=cpu"])
+    finally:
+        release_run_logger()
+    err = capsys.readouterr().err  # the run's start-up log lines come first
+    last = err.rstrip("\n").splitlines()[-1]
+    assert code == 2 and last.startswith("cuts3d train: error: cannot download backbone weights from " + DINO_URL)
+    assert "Traceback" not in err and "backbone_weights=PATH/dino_resnet50_pretrain.pth" in last

@@ -57,6 +57,8 @@ def test_extract_writes_coco_json_that_pycocotools_loads(tmp_path):
         assert (img["width"], img["height"]) == (w, h)
     anns = coco.dataset["annotations"]
     assert anns, "no pseudo-masks at all"
+    # the floor the SC maps were clipped at, for training's confidence_floor check (Table 5c)
+    assert coco.dataset["info"]["confidence_floor"] == 0.5
     from cuts3d.masks.coco import decode_confidence
 
     for a in anns:
