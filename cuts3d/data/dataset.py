@@ -66,6 +66,10 @@ def extraction_confidence_floor(coco: dict[str, Any], json_path: str | Path) -> 
     return None
 
 
+class PseudoMaskDataError(ValueError):
+    """The pseudo-mask file cannot serve the requested training settings (the message names the file and the fix)."""
+
+
 def check_confidence_floor(floor: float, recorded: float | None, json_path: str | Path) -> None:
     """Refuse a training floor that the extracted maps cannot provide (Table 5c).
 
@@ -74,14 +78,15 @@ def check_confidence_floor(floor: float, recorded: float | None, json_path: str 
     accepted with a warning and lower ones refused.
 
     Raises:
-        ValueError: ``floor`` is outside [0, 1] or below the (recorded or assumed) extraction floor.
+        ValueError: ``floor`` is outside [0, 1].
+        PseudoMaskDataError: ``floor`` is below the (recorded or assumed) extraction floor.
     """
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"confidence_floor={floor} must be in [0, 1] (or null: use the maps as extracted)")
     lowest = DEFAULT_EXTRACTION_FLOOR if recorded is None else recorded
     if floor < lowest - 1e-9:
         known = f"were extracted with floor {recorded}" if recorded is not None else f"do not record their extraction floor (assumed the default {lowest})"
-        raise ValueError(
+        raise PseudoMaskDataError(
             f"{json_path}: confidence_floor={floor} is below what the Spatial Confidence maps allow: they {known}, "
             f"and values under it are lost; re-extract with `cuts3d extract ... cut.confidence_floor={floor}` "
             f"or train with confidence_floor >= {lowest}"

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cuts3d.data.dataset import PseudoMaskDataError
 from cuts3d.engine.train import resolve_train_config, train
 from cuts3d.features.weights import CheckpointError, WeightsUnavailableError
 
@@ -39,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         final = train(cfg, resume=args.resume)
-    except (FileNotFoundError, CheckpointError, WeightsUnavailableError) as err:
-        # Set-up problems (backbone weights offline, a wrong weights file, missing data): the message names the
+    except (FileNotFoundError, CheckpointError, WeightsUnavailableError, PseudoMaskDataError) as err:
+        # Set-up problems (backbone weights offline, a wrong weights file, missing data, a confidence floor the
+        # pseudo-masks cannot give): the message names the
         # file and the fix, as `cuts3d extract` does for the ViT weights; no traceback.
         print(f"cuts3d train: error: {err}", file=sys.stderr)
         return 2

@@ -109,3 +109,16 @@ def test_training_floor_below_the_extraction_floor_stops_the_run(tmp_path):
                                [preset_or_file("tiny_cpu")], ["confidence_floor=0.5", "max_iter=1"])
     with pytest.raises(ValueError, match="extracted with floor 0.67.*re-extract"):
         train(cfg)
+
+
+def test_cli_refuses_a_floor_below_the_extraction_floor_in_one_line(tmp_path, capsys):
+    from cuts3d.cli import main
+
+    path, images = _data(tmp_path, floor=0.67)
+    args = ["train", "--data", str(path), "--images", str(images), "--output", str(tmp_path / "run"),
+            "--config", "tiny_cpu", "confidence_floor=0.5", "max_iter=1"]
+    assert main(args) == 2
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("cuts3d train: error:")]
+    assert len(err) == 1 and "re-extract" in err[0]
+    assert "Traceback" not in stderr
