@@ -24,14 +24,16 @@ def _iou(a, b):
 
 
 def _cutler_maskcut_forward(feats: torch.Tensor, dims, tau=0.15, N=3, eps=1e-5):
+    # On a GPU CutLER moves the keys and the painting to CUDA (its `cpu=False` path); the affinity is computed
+    # there and the eigenproblem is solved by scipy on the CPU copy, as here.
     trace = []
     ps = dims[0]
     for i in range(N):
         if i == 0:
-            painting = torch.from_numpy(np.zeros(dims))
+            painting = torch.from_numpy(np.zeros(dims)).to(feats.device)
         else:
             dim, num_patch = feats.size()[0], feats.size()[1]
-            painting = painting + current_mask.unsqueeze(0)
+            painting = painting + current_mask.unsqueeze(0).to(feats.device)
             painting[painting > 0] = 1
             painting[painting <= 0] = 0
             feats = feats.clone().view(dim, ps, ps)
@@ -105,13 +107,18 @@ def _cases():
     return cases
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,features", _cases(), ids=[c[0] for c in _cases()])
-def test_maskcut_rounds_equal_cutler_round_by_round(name, features):
+def test_maskcut_rounds_equal_cutler_round_by_round(name, features, device):
     C, h, w = features.shape
-    expected = _cutler_maskcut_forward(torch.from_numpy(features).reshape(C, -1), (h, w))
+    keys = torch.from_numpy(features).reshape(C, -1).to(device)
+    expected = _cutler_maskcut_forward(keys, (h, w))
     trace = []
-    config = CutConfig(method="maskcut", eigensolver="dense", crf=False)
-    cuts = _maskcut_rounds(torch.from_numpy(features).reshape(C, -1), (h, w), config, torch.device("cpu"), trace)
+    config = CutConfig(method="maskcut", eigensolver="dense", crf=False, device=device)
+    cuts = _maskcut_rounds(keys, (h, w), config, torch.device(device), trace)
     assert len(trace) == len(expected) == len(cuts) == config.n_iters
     for k, ((w_ours, x_ours), (w_ref, x_ref, m_ref, dtype), cut) in enumerate(zip(trace, expected, cuts)):
         assert dtype == (torch.float32 if k == 0 else torch.float64)
@@ -119,7 +126,7 @@ def test_maskcut_rounds_equal_cutler_round_by_round(name, features):
         np.testing.assert_array_equal(x_ours, x_ref, err_msg=f"{name}: Fiedler vector of round {k}")
         np.testing.assert_array_equal(cut.patch_mask, m_ref, err_msg=f"{name}: mask of round {k}")
     # and through the public API: CutLER's masks minus the earlier ones (its masked_out), empty ones dropped
-    found = segment(features, None, None, config)
+    found = segment(features, None, None, config)  # on `device` too (config.device)
     taken = np.zeros((h, w), dtype=bool)
     final = []
     for _, _, m, _ in expected:
