@@ -24,15 +24,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
-from cuts3d.config_io import load_cut_config, save_config
-from cuts3d.cuts.segment import segment
-from cuts3d.masks.coco import ground_truth_dataset, mask_annotation
-from cuts3d.synthetic import FAMILIES, make_family_scene
-from cuts3d.synthetic.quality import background_outranks
+# torch, the synthetic scenes and the plotting are imported inside the functions that use them, so that building
+# the `cuts3d` parser stays light (cuts3d.cli).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,18 +37,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="--input: backbone checkpoint file, or 'none'")
     parser.add_argument("--depth", help="--input: depth model or precomputed:DIR")
     parser.add_argument("--depth-weights", dest="depth_weights", help="--input: depth model folder, or 'none'")
-    parser.add_argument("--device", help="--input: cpu | cuda")
+    parser.add_argument("--device", help="cpu | cuda | cuda:N | auto (default cpu)")
     parser.add_argument("--num-scenes", type=int, default=12, help="scenes to evaluate (default 12)")
     parser.add_argument("--figures", type=int, default=4, help="scenes to draw (default 4; --input draws every image)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first scene")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--input: replace results of other settings in --output (see cuts3d extract --overwrite)")
     parser.add_argument("--config", type=Path, default=None, help="YAML file (CutConfig fields; with --input, extract settings)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. crf=false (--input: cut.crf=false)")
 
 
 def run_demo(output: Path, num_scenes: int = 12, figures: int = 4, seed: int = 0, config=None) -> dict:
     """Run the comparison and write figures and summaries to ``output``; returns the AP summary."""
+    from tqdm import tqdm
+
+    from cuts3d.config_io import save_config
     from cuts3d.cuts.config import CutConfig
+    from cuts3d.cuts.segment import segment
     from cuts3d.eval import evaluate
+    from cuts3d.masks.coco import ground_truth_dataset, mask_annotation
+    from cuts3d.synthetic import FAMILIES, make_family_scene
+    from cuts3d.synthetic.quality import background_outranks
 
     config = config or CutConfig()
     output.mkdir(parents=True, exist_ok=True)
@@ -160,16 +162,22 @@ def _random_weights(cfg, meta: dict) -> tuple[bool, bool]:
     return backbone, depth
 
 
-def run_images_demo(cfg) -> list[Path]:
-    """Extract pseudo-masks for ``cfg.images`` and draw one figure per image; returns the PNG paths."""
+def run_images_demo(cfg, overwrite: bool = False) -> list[Path]:
+    """Extract pseudo-masks for ``cfg.images`` and draw one figure per image; returns the PNG paths.
+
+    ``overwrite``: replace results of other settings in ``cfg.output`` (else such a rerun is refused)."""
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
     from cuts3d.depth import DepthCache, PrecomputedDepth
     from cuts3d.io.images import list_images, load_image
     from cuts3d.masks.coco import decode_confidence
-    from cuts3d.pipeline.extract import extract
+    from cuts3d.pipeline.extract import depth_cache_root, extract
     from cuts3d.viz.panels import ConfidenceMaps, MapPanel, MasksPanel, random_weights_banner, save_figure, scene_figure
     from pycocotools import mask as mask_utils
 
-    result = extract(cfg)
+    result = extract(cfg, overwrite=overwrite)
     coco = json.loads(result.read_text())
     out = Path(cfg.output)
     paths = {r.rel: r.path for r in list_images(cfg.images)}
@@ -179,7 +187,7 @@ def run_images_demo(cfg) -> list[Path]:
     meta = json.loads((out / "run_meta.json").read_text())
     cache_key = meta.get("depth_cache_key")
     banner = random_weights_banner(*_random_weights(cfg, meta))
-    cache = DepthCache(out / "depth_cache", cache_key) if cache_key else None
+    cache = DepthCache(depth_cache_root(cfg), cache_key) if cache_key else None
     precomputed = PrecomputedDepth(Path(cfg.depth.split(":", 1)[1])) if cfg.depth.startswith("precomputed:") else None
     written = []
     for img in tqdm(coco["images"], desc="figures", unit="img"):
@@ -212,7 +220,22 @@ def run_images_demo(cfg) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``cuts3d demo``; set-up problems (bad settings, missing weights, no GPU, unwritable output) are one line, exit 2."""
+    from cuts3d.cli import print_error, setup_errors
+
+    try:
+        return _run(args)
+    except setup_errors() as err:
+        print_error("demo", err)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cuts3d.cli import check_output_writable
+    from cuts3d.devices import resolve_device
+
     if args.input is not None:
+        from cuts3d.pipeline.cli_extract import with_resolved_device
         from cuts3d.pipeline.extract import resolve_config
 
         base = {
@@ -224,8 +247,16 @@ def run(args: argparse.Namespace) -> int:
             "depth_weights": args.depth_weights,
             "device": args.device,
         }
-        run_images_demo(resolve_config(base, args.config, args.overrides))
+        cfg = with_resolved_device(resolve_config(base, args.config, args.overrides))
+        check_output_writable(cfg.output)
+        run_images_demo(cfg, overwrite=args.overwrite)
         return 0
+    from cuts3d.cuts.config import load_cut_config
+
+    if args.device is not None:
+        args.overrides = [*args.overrides, f"device={args.device}"]
     config = load_cut_config(args.config, args.overrides)
+    resolve_device(config.device)  # --device cuda without a GPU: one line now, not a CUDA error mid-run
+    check_output_writable(args.output)
     run_demo(args.output, args.num_scenes, args.figures, args.seed, config)
     return 0

@@ -6,10 +6,14 @@ measurements on synthetic scenes chose) as its default; each field's docstring n
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Sequence
 
 import numpy as np
+
+from cuts3d.config_io import check_keys, coerce_fields, load_yaml_mapping, parse_overrides
 
 Method = Literal["cuts3d", "maskcut"]
 Eigensolver = Literal["auto", "dense", "lanczos", "lobpcg", "torch"]
@@ -147,6 +151,17 @@ class CutConfig:
 
     def __post_init__(self) -> None:
         self.confidence_taus = tuple(float(t) for t in self.confidence_taus)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse choices and ranges that would crash later or silently give no masks (one-line ValueError).
+
+        Ranges (every number must also be finite): n_iters >= 1; 0 < tau_ncut < 1; 0 < eps < 1; si_grow >= 0;
+        0 < si_beta <= 1; si_sigma > 0; depth_gain > 0; tau_knn > 0 (LocalCut drops every kNN edge otherwise);
+        knn_k >= 1; every confidence_taus > 0 and at least one; 0 <= confidence_floor <= 1; 0 < rest_iou <= 1;
+        0 <= max_iou_prev <= 1; 0 <= min_area < 1 (1 drops every mask); crf_iters >= 0; crf_pos_xy, crf_bi_xy,
+        crf_bi_rgb > 0; crf_pos_w, crf_bi_w >= 0; 0 <= crf_min_iou <= 1; seed >= 0.
+        """
         choices = {
             "method": ("cuts3d", "maskcut"),
             "si_form": ("literal", "inverted", "reciprocal"),
@@ -165,20 +180,41 @@ class CutConfig:
                 raise ValueError(f"CutConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if self.si_apply == "weights" and self.affinity != "similarity":
             raise ValueError("CutConfig.si_apply='weights' sharpens edge weights, so it needs affinity='similarity' (binary weights are 1 ** e = 1)")
-        if self.si_grow < 0:
-            raise ValueError(f"CutConfig.si_grow must be >= 0, got {self.si_grow}")
-        if self.depth_gain <= 0:
-            raise ValueError(f"CutConfig.depth_gain must be > 0, got {self.depth_gain}")
-        if self.n_iters < 1:
-            raise ValueError(f"CutConfig.n_iters must be >= 1, got {self.n_iters}")
-        if not 0.0 < self.si_beta <= 1.0:
-            raise ValueError(f"CutConfig.si_beta must be in (0, 1], got {self.si_beta}")
-        if self.knn_k < 1:
-            raise ValueError(f"CutConfig.knn_k must be >= 1, got {self.knn_k}")
+        # (field, test, rule as the message states it). `not (lo < x)` style tests are False for NaN, so NaN fails.
+        rules: list[tuple[str, Any, str]] = [
+            ("n_iters", lambda v: v >= 1, ">= 1"),
+            ("tau_ncut", lambda v: 0.0 < v < 1.0, "in (0, 1) (a cosine-similarity threshold; CutLER: 0.15)"),
+            ("eps", lambda v: 0.0 < v < 1.0, "in (0, 1) (CutLER: 1e-5)"),
+            ("si_grow", lambda v: v >= 0, ">= 0"),
+            ("si_beta", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+            ("si_sigma", lambda v: 0.0 < v < math.inf, "> 0"),
+            ("depth_gain", lambda v: 0.0 < v < math.inf, "> 0"),
+            ("tau_knn", lambda v: 0.0 < v < math.inf, "> 0 (LocalCut drops every kNN edge longer than it; Table 5a: 0.115)"),
+            ("knn_k", lambda v: v >= 1, ">= 1"),
+            ("confidence_floor", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+            ("rest_iou", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+            ("max_iou_prev", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+            ("min_area", lambda v: 0.0 <= v < 1.0, "in [0, 1) (a fraction of the patch grid)"),
+            ("crf_iters", lambda v: v >= 0, ">= 0"),
+            ("crf_pos_xy", lambda v: 0.0 < v < math.inf, "> 0"),
+            ("crf_pos_w", lambda v: 0.0 <= v < math.inf, ">= 0"),
+            ("crf_bi_xy", lambda v: 0.0 < v < math.inf, "> 0"),
+            ("crf_bi_rgb", lambda v: 0.0 < v < math.inf, "> 0"),
+            ("crf_bi_w", lambda v: 0.0 <= v < math.inf, ">= 0"),
+            ("crf_min_iou", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+            ("seed", lambda v: v >= 0, ">= 0"),
+        ]
+        for name, ok, rule in rules:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"CutConfig.{name}={value!r} must be a number {rule}")
+            if not ok(value):
+                finite = "" if math.isfinite(value) else "finite and "
+                raise ValueError(f"CutConfig.{name} must be {finite}{rule}, got {value}")
         if not self.confidence_taus:
             raise ValueError("CutConfig.confidence_taus needs at least one threshold")
-        if not 0.0 <= self.confidence_floor <= 1.0:
-            raise ValueError(f"CutConfig.confidence_floor must be in [0, 1], got {self.confidence_floor}")
+        if not all(0.0 < t < math.inf for t in self.confidence_taus):
+            raise ValueError(f"CutConfig.confidence_taus must all be > 0, got {list(self.confidence_taus)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists) for YAML/JSON."""
@@ -188,8 +224,23 @@ class CutConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CutConfig":
-        """Build from a dict, rejecting unknown keys with the list of valid ones."""
-        from cuts3d.config_io import check_keys
-
+        """Build from a dict: unknown keys are refused with the list of valid ones, values are converted to the
+        field types (``crf=maybe`` and ``tau_knn=abc`` are one-line errors) and ranges are checked (:meth:`validate`)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"CutConfig settings must be a mapping of CutConfig fields, got {type(d).__name__}")
         check_keys(cls, d, "CutConfig keys")
-        return cls(**d)
+        return cls(**coerce_fields(cls, d, "CutConfig"))
+
+
+def load_cut_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CutConfig:
+    """CutConfig from an optional YAML file (a mapping of CutConfig fields) and ``key=value`` overrides.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable or malformed file, unknown key, wrong type or out-of-range value (one line).
+    """
+    values: dict[str, Any] = CutConfig().to_dict()
+    if path is not None:
+        values.update(load_yaml_mapping(path, "CutConfig fields"))
+    values.update(parse_overrides(overrides))
+    return CutConfig.from_dict(values)

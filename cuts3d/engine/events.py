@@ -208,7 +208,10 @@ def _finite(value: Any) -> bool:
 
 
 class JSONLinesWriter:
-    """One JSON object per line in ``path`` (appended, so a resumed run continues the file), flushed every write."""
+    """One JSON object per line in ``path`` (appended, so a resumed run continues the file), flushed every write.
+
+    ``--resume`` first cuts the file back to the checkpoint's iteration (cuts3d.engine.runs.truncate_metrics), so
+    the iterations a crashed run logged after its last checkpoint are not there twice."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -230,10 +233,12 @@ class TensorBoardWriter:
     Names with a ``/`` are grouped by TensorBoard (``last/...`` raw values, ``segm/...`` / ``bbox/...`` AP).
     """
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None):
+        """``purge_step``: on ``--resume``, the first iteration the resumed run logs; TensorBoard drops the events
+        at and after it that earlier event files hold (logged by the run that crashed after its checkpoint)."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(log_dir))
+        self._writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def write(self, record: Mapping[str, Any]) -> None:
         step = int(record["iteration"])

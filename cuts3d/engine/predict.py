@@ -19,17 +19,30 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from cuts3d.engine.train import TrainConfig, build_model, load_model_weights
+from cuts3d.engine.train import TrainConfig, build_model, load_model_weights, resolve_checkpoint
 from cuts3d.masks.coco import mask_annotation
 
 
-def load_trained(run: str | Path, device: str = "cpu", **detector_overrides) -> torch.nn.Module:
-    """The model of a run folder (its config.yaml and last checkpoint) in eval mode."""
+def load_trained(run: str | Path, device: str | torch.device = "cpu", **detector_overrides) -> torch.nn.Module:
+    """The model of a run folder (its config.yaml and last checkpoint, verified against its sha256) in eval mode.
+
+    Raises:
+        FileNotFoundError: ``run`` has no config.yaml.
+        CheckpointError: no checkpoint, ``last_checkpoint`` naming a missing file, or a damaged checkpoint.
+    """
     run = Path(run)
     cfg_file = run / "config.yaml"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found; --model must be a run folder written by `cuts3d train`")
-    cfg = TrainConfig.from_dict(yaml.safe_load(cfg_file.read_text()))
+    # Before building the model: a missing or empty last_checkpoint is reported without any other work.
+    resolve_checkpoint(run)
+    try:
+        saved = yaml.safe_load(cfg_file.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{cfg_file}: not YAML ({' '.join(str(err).split())[:120]}); restore the run's config.yaml") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{cfg_file}: expected a mapping of training settings; restore the run's config.yaml")
+    cfg = TrainConfig.from_dict(saved)
     cfg = TrainConfig.from_dict({**cfg.to_dict(), "backbone_weights": None,
                                  "detector": {**cfg.detector, **detector_overrides}})
     model = build_model(cfg)
@@ -57,21 +70,34 @@ def predict(model: torch.nn.Module, images: list, image_ids: list[int], device: 
 
 
 def run_predict(run: str | Path, images: str | Path, output: str | Path, max_dets: int = 100,
-                score_thresh: float = 0.0, gt: str | Path | None = None, device: str = "cpu") -> Path:
-    """Predict on an image folder/list and write the COCO results JSON."""
+                score_thresh: float = 0.0, gt: str | Path | None = None, device: str = "auto") -> Path:
+    """Predict on an image folder/list and write the COCO results JSON.
+
+    Args:
+        device: "auto", "cpu", "cuda" or "cuda:N" (cuts3d.devices.resolve_device; DeviceError if absent).
+    """
+    from cuts3d.devices import resolve_device
     from cuts3d.io.images import list_images
 
+    torch_device = resolve_device(device)
     records = list_images(images)
     if gt is not None:
-        by_name = {im["file_name"]: im["id"] for im in json.loads(Path(gt).read_text())["images"]}
+        gt = Path(gt)
+        if not gt.is_file():
+            raise FileNotFoundError(f"--gt {gt}: no such file; pass the ground-truth COCO JSON of these images")
+        try:
+            by_name = {im["file_name"]: im["id"] for im in json.loads(gt.read_bytes())["images"]}
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--gt {gt}: not a COCO JSON with images (id, file_name) ({type(err).__name__}); "
+                             "pass the ground-truth COCO JSON of these images") from None
         missing = [r.rel for r in records if r.rel not in by_name]
         if missing:
             raise ValueError(f"{len(missing)} images are not in {gt} (e.g. {missing[:3]}); use the ground truth's image folder")
         ids = [by_name[r.rel] for r in records]
     else:
         ids = list(range(1, len(records) + 1))
-    model = load_trained(run, device, detections_per_img=max_dets, score_thresh=score_thresh)
-    results = predict(model, [r.path for r in records], ids, device)
+    model = load_trained(run, torch_device, detections_per_img=max_dets, score_thresh=score_thresh)
+    results = predict(model, [r.path for r in records], ids, str(torch_device))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results))

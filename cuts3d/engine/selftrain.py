@@ -84,26 +84,57 @@ def merge_round(old: dict[str, Any], predictions: Sequence[dict[str, Any]], scor
 
 def selftrain(model_run: str | Path, data: str | Path, images: str | Path, output: str | Path,
               config_files: Sequence[str | Path] = (), overrides: Sequence[str] = (), score_thresh: float = 0.7,
-              device: str = "cpu") -> Path:
-    """Predict with ``model_run`` on the training images, merge (:func:`merge_round`) and train the next round."""
+              device: str | None = None, resume: bool = False, force: bool = False, overwrite: bool = False) -> Path:
+    """Predict with ``model_run`` on the training images, merge (:func:`merge_round`) and train the next round.
+
+    Args:
+        device: "auto", "cpu", "cuda", "cuda:N" for the predictions and the training (None: the config's).
+        resume: continue an interrupted round in ``output`` from its last checkpoint, with the round's
+            annotations already there (no new predictions); ``force``: even if settings changed.
+        overwrite: start the round over in an ``output`` that holds a run. Without it such a folder is refused
+            before any prediction is made.
+
+    Raises:
+        TrainSetupError, CheckpointError, DeviceError, FileNotFoundError: set-up problems (one line), before the
+            predictions.
+    """
+    from cuts3d.devices import resolve_device
     from cuts3d.engine.predict import load_trained, predict
+    from cuts3d.engine.runs import TrainSetupError, check_training_data, existing_run_files, existing_run_message
     from cuts3d.pipeline.shards import atomic_write_text
 
-    old = json.loads(Path(data).read_text())
-    root = Path(images)
-    model = load_trained(model_run, device, detections_per_img=30, score_thresh=0.0)
-    preds = predict(model, [root / im["file_name"] for im in old["images"]], [im["id"] for im in old["images"]], device)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    merged = merge_round(old, preds, score_thresh=score_thresh)
+    model_run, out, root = Path(model_run), Path(output), Path(images)
+    prev_file = model_run / "config.yaml"
+    if not prev_file.is_file():
+        raise FileNotFoundError(f"{prev_file} not found; --model must be the previous round's run folder")
     round_json = out / "selftrain_annotations.json"
-    atomic_write_text(round_json, json.dumps(merged))
     # The previous round's checkpoint gives every weight (init_from): no ResNet-50 file is read or downloaded.
     base = {"data": str(round_json), "images": str(images), "output": str(out), "init_from": str(model_run),
             "backbone_weights": "none"}
-    prev = TrainConfig.from_dict(yaml.safe_load((Path(model_run) / "config.yaml").read_text()))
+    if device is not None:
+        base["device"] = device
+    prev = TrainConfig.from_dict(yaml.safe_load(prev_file.read_text()))
     # Same architecture as the previous round; the self-training schedule overrides presets (not key=value).
     keep = {"backbone": prev.backbone, "detector": prev.detector, "min_sizes": list(prev.min_sizes), "max_size": prev.max_size,
             "test_size": prev.test_size}
     cfg = resolve_train_config({**keep, **SELFTRAIN_SETTINGS, **base}, config_files, overrides)
-    return train(cfg)
+    torch_device = resolve_device(cfg.device)
+    if resume:
+        if not round_json.is_file():
+            raise TrainSetupError(f"--resume: {round_json} does not exist, so the round never got to training; drop "
+                                  "--resume (add --overwrite if the folder holds other run files)")
+        return train(cfg, resume=True, force=force)
+    found = existing_run_files(out)
+    if found and not overwrite:
+        raise TrainSetupError(existing_run_message(out, found))
+    # The inputs of the predictions are checked before the first one is made (hours on ImageNet).
+    check_training_data(data, images)
+    old = json.loads(Path(data).read_bytes())
+    # Images without pseudo-masks need not exist (check_training_data skips them); predict on those that do.
+    present = [im for im in old["images"] if (root / im["file_name"]).is_file()]
+    model = load_trained(model_run, torch_device, detections_per_img=30, score_thresh=0.0)
+    preds = predict(model, [root / im["file_name"] for im in present], [im["id"] for im in present], str(torch_device))
+    out.mkdir(parents=True, exist_ok=True)
+    merged = merge_round(old, preds, score_thresh=score_thresh)
+    atomic_write_text(round_json, json.dumps(merged))
+    return train(cfg, overwrite=overwrite)

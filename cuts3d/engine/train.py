@@ -24,6 +24,12 @@ and ``eval_period`` > 0 the model is evaluated (COCO AP, rank 0, the others wait
 and after the last: predictions go to ``RUN/eval/iter_XXXXXXX.json``, ``segm/AP``, ``segm/AP50``, ``segm/AP75``
 and ``bbox/...`` to metrics.jsonl (own lines with the iteration), TensorBoard and log.txt. ``RUN/log.txt`` also
 holds the start-of-run messages and the resolved config (``RUN/config.yaml``).
+
+Restarts (cuts3d.engine.runs, cuts3d.engine.checkpoints): before any model is built, the data JSON, every annotated
+image, ``val_data``, ``init_from``, the run folder and the checkpoint to resume are checked (one-line errors).
+``--resume`` refuses a checkpoint whose settings fingerprint differs from the new config (``force`` continues);
+training into a folder holding a run needs ``overwrite``. Checkpoints are fsynced before their rename and carry a
+sha256 sidecar that every load verifies.
 """
 
 from __future__ import annotations
@@ -42,9 +48,19 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-from cuts3d.config_io import check_keys, load_yaml_mapping, parse_overrides
+from cuts3d.config_io import check_keys, coerce_fields, load_yaml_mapping, parse_overrides
 from cuts3d.data.augment import ALPHA_MODES, copy_paste
 from cuts3d.data.dataset import CONFIDENCE_ALIGNS, PseudoMaskDataset, to_detection_sample
+from cuts3d.devices import resolve_device
+from cuts3d.engine.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_weights_into,
+    read_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+    sidecar_path,
+)
 from cuts3d.engine.events import (
     ConsoleWriter,
     JSONLinesWriter,
@@ -58,6 +74,18 @@ from cuts3d.engine.events import (
     setup_run_logger,
 )
 from cuts3d.engine.precise_bn import bn_buffers, update_bn_stats
+from cuts3d.engine.runs import (
+    TrainSetupError,
+    check_training_data,
+    check_writable,
+    clear_run,
+    existing_run_files,
+    existing_run_message,
+    fingerprint,
+    fingerprint_differences,
+    truncate_metrics,
+)
+from cuts3d.features.weights import CheckpointError
 from cuts3d.model.backbone_weights import DEFAULT_RESNET50_WEIGHTS, is_random
 from cuts3d.model.detector import build_detector
 from cuts3d.pipeline.shards import atomic_write_text
@@ -160,6 +188,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         check_keys(cls, d, "training settings")
+        d = coerce_fields(cls, d, "training settings")  # max_iter=abc is a one-line error, not a crash inside tqdm
         if d.get("clip_type", "norm") not in ("norm", "full_model"):
             raise ValueError(f"clip_type={d['clip_type']!r}; choose norm (per parameter, CutLER) or full_model")
         if d.get("backbone", cls.backbone) == "tiny" and not is_random(d.get("backbone_weights", cls.backbone_weights)):
@@ -316,14 +345,6 @@ def lr_factor(it: int, cfg: TrainConfig) -> float:
     return factor
 
 
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(cfg.device)
-
-
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
     # With init_from every weight comes from that checkpoint: fetching DINO's RN50 first would only cost a
     # download (or fail offline) for weights that are overwritten.
@@ -335,21 +356,10 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     )
 
 
-def checkpoint_path(run: Path, it: int) -> Path:
-    return run / f"model_{it:07d}.pth"
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    """The checkpoint named in ``run/last_checkpoint``, if any."""
-    marker = run / "last_checkpoint"
-    if not marker.is_file():
-        return None
-    path = run / marker.read_text().strip()
-    return path if path.is_file() else None
-
-
-def _save(run: Path, it: int, model, optimizer, cfg: TrainConfig, final: bool = False,
+def _save(run: Path, it: int, model, optimizer, cfg: TrainConfig, run_fingerprint: dict[str, Any], final: bool = False,
           metrics_history: dict[str, Any] | None = None, training_bn: dict[str, torch.Tensor] | None = None) -> Path:
+    """Checkpoint of iteration ``it`` (``model_final.pth`` with ``final``), durable, with its sha256 sidecar, and
+    ``last_checkpoint`` pointing at it (see cuts3d.engine.checkpoints)."""
     state = {
         # BatchNorm buffers as training left them, when "model" holds precise-BN statistics (final checkpoint):
         # --resume restores these so that training on continues as an uninterrupted run would
@@ -360,25 +370,48 @@ def _save(run: Path, it: int, model, optimizer, cfg: TrainConfig, final: bool = 
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "config": cfg.to_dict(),
+        # the settings that made these weights: --resume refuses to continue with others (cuts3d.engine.runs)
+        "fingerprint": run_fingerprint,
         # the logged losses' smoothing windows (MetricsRecorder), so --resume writes the same records
         "metrics_history": metrics_history,
     }
     path = run / "model_final.pth" if final else checkpoint_path(run, it)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash never leaves a truncated checkpoint
-    atomic_write_text(run / "last_checkpoint", path.name)
+    save_checkpoint(state, path)
     return path
 
 
-def load_model_weights(model: torch.nn.Module, source: str | Path) -> None:
-    """Model weights from a run folder (its last checkpoint) or a checkpoint file; strict key check."""
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A run folder's last checkpoint, or ``source`` itself when it is a file.
+
+    Raises:
+        CheckpointError: a folder without ``last_checkpoint`` or one that names a missing file; a missing file.
+    """
     source = Path(source)
     path = latest_checkpoint(source) if source.is_dir() else source
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"no checkpoint found at {source}; pass a run folder with last_checkpoint or a .pth file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    if path is None:
+        raise CheckpointError(f"no checkpoint in {source} (no {source / 'last_checkpoint'}); pass a run folder of a "
+                              "finished `cuts3d train` or a model_XXXXXXX.pth file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run folder with last_checkpoint or a .pth file")
+    return path
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's state dict from a checkpoint of this package (``state["model"]``) or a plain state dict."""
+    weights = state["model"] if "model" in state else state
+    return weights
+
+
+def load_model_weights(model: torch.nn.Module, source: str | Path) -> Path:
+    """Model weights from a run folder (its last checkpoint) or a checkpoint file, verified against the sha256
+    sidecar; strict key check. Returns the checkpoint read.
+
+    Raises:
+        CheckpointError: no checkpoint, a damaged one, or one of another architecture (names the file).
+    """
+    path = resolve_checkpoint(source)
+    load_weights_into(model, model_weights(read_checkpoint(path)), path)
+    return path
 
 
 def _init_distributed() -> tuple[int, int, int]:
@@ -405,20 +438,121 @@ def _evaluate(validator: Validator | None, model: torch.nn.Module, it: int, devi
         _barrier(device)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run (or resume) training; returns ``output/model_final.pth``."""
+def _check_validation(cfg: TrainConfig, run: Path) -> Validator:
+    """The validator of ``val_data``, built before any model so a bad file stops the run at once."""
+    try:
+        return Validator(cfg.val_data, cfg.val_images or cfg.images, run / "eval")
+    except FileNotFoundError as err:
+        raise TrainSetupError(str(err)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        # json's errors, or a JSON that is not a COCO mapping with images (id, file_name)
+        raise TrainSetupError(f"val_data {cfg.val_data}: not a COCO JSON with images ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); pass a ground-truth or "
+                              "pseudo-mask COCO JSON") from None
+
+
+def _preflight(cfg: TrainConfig, run: Path, resume: bool, force: bool, overwrite: bool,
+               rank: int) -> tuple[dict[str, Any], dict[str, Any] | None, Path | None, list[str]]:
+    """Every check that needs no model, in the order a user fixes things: data, run folder, checkpoints.
+
+    Returns:
+        (fingerprint of this run, the resumed checkpoint's state or None, that checkpoint's path or None, notes
+        for log.txt).
+
+    Raises:
+        TrainSetupError, CheckpointError: one line naming the file and the fix.
+    """
+    if resume and overwrite:
+        raise TrainSetupError(f"--resume continues {run} and --overwrite deletes it: pass only one of them")
+    if force and not resume:
+        raise TrainSetupError("--force continues a run whose settings changed and needs --resume; to start over in "
+                              f"{run} use --overwrite")
+    data_sha256 = check_training_data(cfg.data, cfg.images)
+    run_fingerprint = fingerprint(cfg.to_dict(), data_sha256)
+    notes: list[str] = []
+    if cfg.eval_period > 0 and rank == 0:
+        _check_validation(cfg, run)
+    if cfg.init_from:
+        resolve_checkpoint(cfg.init_from)  # read (and verified) after the model is built; here only its existence
+    if not resume:
+        found = existing_run_files(run)
+        if found and not overwrite:
+            raise TrainSetupError(existing_run_message(run, found))
+        if found and rank == 0:
+            notes.append(f"--overwrite: removed the earlier run's {', '.join(clear_run(run))}")
+        return run_fingerprint, None, None, notes
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        also = " (it holds an earlier run's logs: add --overwrite)" if existing_run_files(run) else ""
+        raise TrainSetupError(f"--resume: {run} has no checkpoint (no {run / 'last_checkpoint'}); drop --resume to "
+                              f"start the run{also}")
+    state = read_checkpoint(ckpt)
+    if not sidecar_path(ckpt).is_file():
+        notes.append(f"{ckpt.name} has no checksum file {sidecar_path(ckpt).name} (an older run): loaded unverified")
+    if "iteration" not in state or "model" not in state or "optimizer" not in state:
+        raise CheckpointError(f"checkpoint {ckpt} is not a training checkpoint (no model, optimizer or iteration); "
+                              "--resume needs one written by `cuts3d train`")
+    old = state.get("fingerprint") or fingerprint(state.get("config") or {}, None)
+    diffs = fingerprint_differences(old, run_fingerprint)
+    if diffs and not force:
+        raise TrainSetupError(f"--resume: {ckpt} was trained with other settings ({'; '.join(diffs)}); resume with "
+                              "the same settings, add --force to continue with the new ones, or --overwrite to start over")
+    if diffs:
+        notes.append(f"--force: continuing {ckpt.name} with changed settings: {'; '.join(diffs)}")
+    return run_fingerprint, state, ckpt, notes
+
+
+def train(cfg: TrainConfig, resume: bool = False, force: bool = False, overwrite: bool = False) -> Path:
+    """Run (or resume) training; returns ``output/model_final.pth``.
+
+    Args:
+        cfg: the resolved settings.
+        resume: continue from ``output/last_checkpoint``; refused when the checkpoint's settings fingerprint
+            (cuts3d.engine.runs.fingerprint) differs from ``cfg``'s, unless ``force``.
+        force: with ``resume``, continue although settings changed (the differences go to log.txt).
+        overwrite: start over in a folder that holds a run: its checkpoints, metrics, TensorBoard, eval and log
+            files are deleted first. Without it (and without ``resume``) such a folder is refused.
+
+    Raises:
+        TrainSetupError, CheckpointError, DeviceError: set-up problems, before any model is built (one line).
+    """
     rank, world, local_rank = _init_distributed()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     run = Path(cfg.output)
-    device = _device(cfg, local_rank)
+    device = resolve_device(cfg.device, local_rank)
+    run_fingerprint, state, ckpt, notes = _preflight(cfg, run, resume, force, overwrite, rank)
+    start = int(state["iteration"]) if state is not None else 0
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
+        check_writable(run)
+        stale = remove_stale_temps(run)
+        if stale:
+            notes.append(f"removed temporary files a kill left: {', '.join(stale)}")
+        if resume:
+            # records after the checkpoint were written by the crashed run; the resumed one writes them again
+            dropped = truncate_metrics(run / "metrics.jsonl", start)
+            if dropped:
+                notes.append(f"metrics.jsonl: dropped {dropped} record(s) after iteration {start} (re-run now)")
         atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     logger = setup_run_logger(run, rank)
     logger.info("%s run %s on %s, %d process(es); resolved config: %s", "resuming" if resume else "starting",
                 run, device, world, run / "config.yaml")
+    for note in notes:
+        logger.info(note)
     logger.debug("config:\n%s", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+
+    # The data set is read before the model (its JSON errors stop the run before weights are fetched).
+    dataset = PseudoMaskDataset(cfg.data, cfg.images, confidence_floor=cfg.confidence_floor,
+                                confidence_align=cfg.confidence_align)
+    if not len(dataset):
+        raise TrainSetupError(f"--data {cfg.data}: no image has a non-empty pseudo-mask; nothing to train on")
+    validator = None
+    if cfg.eval_period > 0 and rank == 0:
+        validator = _check_validation(cfg, run)
+        logger.info("validation on %s (%d images) every %d iterations and after the last", cfg.val_data,
+                    len(validator.paths), cfg.eval_period)
+    elif cfg.val_data and rank == 0:
+        logger.warning("val_data is set but eval_period=0: no validation during training")
 
     torch.manual_seed(cfg.seed)
     # Under torchrun, each node's first process fetches the backbone weights while the others wait, so they read
@@ -434,35 +568,28 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         atomic_write_text(run / "backbone_weights.json", json.dumps(record, indent=2) + "\n")
         logger.info("backbone weights: %s", json.dumps(record))
     if cfg.init_from:
-        load_model_weights(model, cfg.init_from)
+        logger.info("model weights from %s", load_model_weights(model, cfg.init_from))
     groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_norm)
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     recorder = MetricsRecorder(cfg.max_iter, cfg.log_window)
-    start = 0
-    if resume:
-        ckpt = latest_checkpoint(run)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run} (missing {run / 'last_checkpoint'})")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+    if state is not None:
+        load_weights_into(model, state["model"], ckpt)
         if state.get("training_bn_buffers"):
             model.load_state_dict({**model.state_dict(), **state["training_bn_buffers"]})
         optimizer.load_state_dict(state["optimizer"])
-        start = int(state["iteration"])
         if state.get("metrics_history"):
             recorder.load_state_dict(state["metrics_history"])
         logger.info("resumed from %s at iteration %d", ckpt, start)
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        state = None  # the optimizer holds its own copy; free the checkpoint's
     if use_sync_bn(device, world):
         # CutLER's RESNETS.NORM and FPN.NORM are SyncBN: statistics over all GPUs' images (2 per GPU otherwise)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
 
-    dataset = PseudoMaskDataset(cfg.data, cfg.images, confidence_floor=cfg.confidence_floor,
-                                confidence_align=cfg.confidence_align)
     plain = dataset.images_without_confidence() if cfg.copy_paste and cfg.confident_copy_paste else 0
     if plain and rank == 0:
         logger.info(f"{plain} of {len(dataset)} images have pseudo-masks without Spatial Confidence (MaskCut's or "
@@ -477,14 +604,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     )
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    writers = [JSONLinesWriter(run / "metrics.jsonl"), TensorBoardWriter(run / "tb"), ConsoleWriter(logger)] if rank == 0 else []
-    validator = None
-    if cfg.eval_period > 0 and rank == 0:
-        validator = Validator(cfg.val_data, cfg.val_images or cfg.images, run / "eval")
-        logger.info("validation on %s (%d images) every %d iterations and after the last", cfg.val_data,
-                    len(validator.paths), cfg.eval_period)
-    elif cfg.val_data and rank == 0:
-        logger.warning("val_data is set but eval_period=0: no validation during training")
+    # TensorBoard hides the steps after the checkpoint that the crashed run logged (purge_step), as metrics.jsonl
+    # was cut back above: a resumed run shows each iteration once.
+    writers = [JSONLinesWriter(run / "metrics.jsonl"), TensorBoardWriter(run / "tb", purge_step=start + 1 if start else None),
+               ConsoleWriter(logger)] if rank == 0 else []
 
     model.train()
     it = start
@@ -525,7 +648,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                     w.write(record)
                 bar.set_postfix(loss=f"{record['total_loss']:.3f}")
             if it % cfg.checkpoint_period == 0 and it < cfg.max_iter:
-                _save(run, it, model, optimizer, cfg, metrics_history=recorder.state_dict())
+                _save(run, it, model, optimizer, cfg, run_fingerprint, metrics_history=recorder.state_dict())
         if cfg.eval_period > 0 and it % cfg.eval_period == 0 and it < cfg.max_iter:
             _evaluate(validator, model, it, device, writers, logger, world)
         t_data = time.perf_counter()
@@ -544,7 +667,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         logger.info("precise BN: statistics of %d BatchNorm layers recomputed over %d batches", n_bn, cfg.precise_bn_iters)
     final = run / "model_final.pth"
     if rank == 0:
-        final = _save(run, it, model, optimizer, cfg, final=True, metrics_history=recorder.state_dict(),
+        final = _save(run, it, model, optimizer, cfg, run_fingerprint, final=True, metrics_history=recorder.state_dict(),
                       training_bn=training_bn)
         logger.info("wrote %s (iteration %d)", final, it)
     if cfg.eval_period > 0:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 import urllib.error
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -117,17 +119,11 @@ def load_checkpoint(
         CheckpointError: unreadable file, non-tensor entries, missing/unexpected keys or wrong shapes.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the file {official_file} with --weights")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of {official_file} with --weights")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        # UnpicklingError: not a torch file, or it pickles objects other than tensors; RuntimeError/EOFError: a
-        # truncated or empty zip archive (e.g. an interrupted copy).
-        raise CheckpointError(
-            f"cannot read checkpoint {path} as a weights-only torch file ({type(exc).__name__}: {exc}); "
-            f"it may be truncated or not a state dict: download {official_file} again and pass it with --weights"
-        ) from exc
+    state = _torch_load(path, official_file)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict; pass {official_file}")
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
@@ -160,6 +156,53 @@ def load_checkpoint(
             f"pass {official_file} or choose the backbone the file was trained with"
         )
     return state
+
+
+#: What ``torch.load(weights_only=True)`` raises for files that are not (whole) weights-only torch checkpoints:
+#: UnpicklingError (not a torch file, or objects other than tensors), RuntimeError (a truncated or foreign zip
+#: archive), EOFError (an empty file), KeyError (a text file: ``KeyError: 101`` is the byte 'e' read as a pickle
+#: opcode), and the rest for other garbage the legacy unpickler trips over.
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    KeyError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+    UnicodeDecodeError,
+    struct.error,
+    zipfile.BadZipFile,
+)
+
+
+def _torch_load(path: Path, official_file: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; every failure is one :class:`CheckpointError` line."""
+    fix = f"download {official_file} again and pass it with --weights"
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} ({exc.strerror or exc}); check its permissions") from exc
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted download or copy?); {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} ({exc.strerror or exc}); check its permissions") from exc
+    except _UNREADABLE as exc:
+        # torch's own messages run over many lines (the weights_only explanation): keep the first one only.
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        if isinstance(exc, (RuntimeError, EOFError)) and not zipfile.is_zipfile(path):
+            why = "it is truncated or not a torch checkpoint (no complete zip archive)"
+        elif isinstance(exc, pickle.UnpicklingError):
+            why = "it is not a torch file, or it holds objects other than tensors"
+        else:
+            why = "it is not a torch checkpoint"
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({size} bytes): {why} ({type(exc).__name__}: {first}); {fix}"
+        ) from exc
 
 
 def save_state_dict(module: torch.nn.Module, path: str | Path) -> Path:

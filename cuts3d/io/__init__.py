@@ -10,6 +10,7 @@ Usage::
 
 from cuts3d.io.images import (
     IMAGE_EXTENSIONS,
+    ImageListing,
     ImageLoadError,
     ImageRecord,
     NoImagesError,
@@ -17,10 +18,12 @@ from cuts3d.io.images import (
     list_images,
     load_image,
     resize_square,
+    scan_images,
 )
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImageListing",
     "ImageLoadError",
     "ImageRecord",
     "NoImagesError",
@@ -28,4 +31,5 @@ __all__ = [
     "list_images",
     "load_image",
     "resize_square",
+    "scan_images",
 ]

@@ -90,7 +90,10 @@ def image_id_for(rel: str, salt: int = 0) -> int:
     key = unicodedata.normalize("NFC", rel)
     if salt:
         key = f"{key}\x00{salt}"
-    value = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+    # surrogateescape: a file name that is not valid UTF-8 (e.g. Latin-1 bytes) arrives from os.walk with its
+    # bad bytes as lone surrogates; hashing its raw bytes keeps the id stable instead of failing the listing.
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
+    value = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
     return value or 1  # 0 is not a valid COCO id in most tools
 
 
@@ -119,18 +122,44 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(root: Path) -> tuple[list[Path], Counter]:
-    """Image files under ``root`` (recursive) and a count of the other extensions seen (for the error)."""
+def _skip_reason(name: str) -> str:
+    """Why a file in a searched folder is not taken as an image (a key of :attr:`ImageListing.skipped`)."""
+    if name.startswith("."):
+        return "dot-file"
+    ext = os.path.splitext(name)[1].lower()
+    if ext == ".gif":
+        return "GIF (not supported: convert to PNG)"
+    return f"unknown extension {ext}" if ext else "no extension"
+
+
+def _walk(root: Path) -> tuple[list[Path], dict[str, list[str]]]:
+    """Image files under ``root`` (recursive) and the skipped entries, grouped by reason (paths relative to root)."""
     found: list[Path] = []
-    other: Counter = Counter()
+    skipped: dict[str, list[str]] = {}
+
+    def skip(reason: str, path: str) -> None:
+        skipped.setdefault(reason, []).append(os.path.relpath(path, root))
+
     for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        kept = []
+        for d in dirs:
+            full = os.path.join(folder, d)
+            if d.startswith("."):
+                skip("hidden folder", full)
+            elif os.path.islink(full):
+                skip("symlinked folder (not followed)", full)  # os.walk does not descend into it either
+            else:
+                if os.path.splitext(d)[1].lower() in IMAGE_EXTENSIONS:
+                    # a folder named like an image is searched as a folder; say so, since it is not an image
+                    skip("folder named like an image (searched as a folder)", full)
+                kept.append(d)
+        dirs[:] = kept
         for name in files:
             if _is_image_name(name):
                 found.append(Path(folder) / name)
             else:
-                other[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
-    return found, other
+                skip(_skip_reason(name), os.path.join(folder, name))
+    return found, skipped
 
 
 def _searched() -> str:
@@ -166,15 +195,42 @@ def _read_list(source: Path) -> list[tuple[int, Path]]:
     return entries
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """The images of a source and what was passed over while searching it.
+
+    Attributes:
+        records: the images (see :func:`list_images`).
+        skipped: reason -> paths relative to the source folder of entries that are not taken as images
+            (dot-files, hidden or symlinked folders, GIFs, unknown extensions; a folder named like an image is
+            listed too although it is searched). Empty for list files and single images.
+    """
+
+    records: list[ImageRecord]
+    skipped: dict[str, list[str]]
+
+    def skipped_count(self) -> int:
+        """Number of skipped entries, not counting folders named like an image (they are searched)."""
+        return sum(len(v) for k, v in self.skipped.items() if not k.startswith("folder named like"))
+
+
 def list_images(source: str | Path) -> list[ImageRecord]:
     """The images of a folder, a list file or a single image file, in a deterministic order.
+
+    Same as ``scan_images(source).records``; see :func:`scan_images`.
+    """
+    return scan_images(source).records
+
+
+def scan_images(source: str | Path) -> ImageListing:
+    """The images of a folder, a list file or a single image file, in a deterministic order, and what was skipped.
 
     Args:
         source: one of
 
             * a folder: walked recursively (symlinked folders are not followed; names starting with "." are
               skipped) for :data:`IMAGE_EXTENSIONS`, any case; records sorted by ``rel``; ``rel`` is relative
-              to the folder.
+              to the folder. Everything passed over is reported in ``skipped``.
             * a text file (any other extension): one image path per line, UTF-8; blank lines and lines
               starting with ``#`` are skipped; surrounding whitespace is stripped; relative paths resolve
               against the list file's folder. Records keep the list's order; repeated entries are dropped
@@ -182,9 +238,12 @@ def list_images(source: str | Path) -> list[ImageRecord]:
               otherwise relative to the deepest folder common to all entries. Every entry must exist.
             * an image file: a single record, ``rel`` = its name.
 
+            File names that are not valid UTF-8 are kept: their bad bytes appear in ``rel`` as lone surrogates
+            (Python's ``surrogateescape``: byte 0xE9 -> ``"\\udce9"``), so ``Path(root, rel)`` opens the file.
+
     Returns:
-        list of :class:`ImageRecord`, never empty; ``record.path`` is absolute (use it, not root / rel, to
-        open the file).
+        :class:`ImageListing`: ``records`` (never empty; ``record.path`` is absolute: use it, not root / rel,
+        to open the file) and ``skipped`` (what the folder search passed over, by reason).
 
     Raises:
         FileNotFoundError: ``source`` or a listed file does not exist (the message names them).
@@ -198,15 +257,19 @@ def list_images(source: str | Path) -> list[ImageRecord]:
             "path per line"
         )
     if source.is_dir():
-        found, other = _walk(source)
+        found, skipped = _walk(source)
         if not found:
+            other = Counter(
+                os.path.splitext(p)[1].lower() or "(no extension)" for reason, paths in skipped.items()
+                if "folder" not in reason for p in paths
+            )
             seen = ", ".join(f"{ext} ({n})" for ext, n in other.most_common(5))
             detail = f"; it holds other files: {seen}" if other else " (it is empty)"
             raise NoImagesError(f"no images in folder {source}: searched recursively for {_searched()}{detail}")
         records = _records(found, source)
-        return sorted(records, key=lambda r: r.rel)
+        return ImageListing(sorted(records, key=lambda r: r.rel), skipped)
     if source.suffix.lower() in IMAGE_EXTENSIONS:
-        return _records([source], source.parent)
+        return ImageListing(_records([source], source.parent), {})
 
     entries = _read_list(source)
     if not entries:
@@ -231,7 +294,7 @@ def list_images(source: str | Path) -> list[ImageRecord]:
     base = Path(os.path.abspath(source.parent))
     if not all(p.is_relative_to(base) for p in paths):
         base = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return _records(paths, base)
+    return ImageListing(_records(paths, base), {})
 
 
 def _fail(path: Path, reason: str) -> ImageLoadError:

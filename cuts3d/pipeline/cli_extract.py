@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cuts3d.pipeline.extract import extract, resolve_config
+if TYPE_CHECKING:  # torch is imported by cuts3d.pipeline.extract: only when the command runs (cuts3d.cli)
+    from cuts3d.pipeline.extract import ExtractConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,27 +20,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-weights", dest="depth_weights", help="depth model folder (Hugging Face format) or 'none'")
     parser.add_argument("--method", choices=["cuts3d", "maskcut"], help="cut method (default cuts3d)")
     parser.add_argument("--shard", help="i/n: process shard i of n (SLURM: $SLURM_ARRAY_TASK_ID/N)")
-    parser.add_argument("--device", help="cpu | cuda | cuda:N")
+    parser.add_argument("--device", help="cpu (default) | cuda | cuda:N | auto")
     parser.add_argument("--config", type=Path, help="YAML file of extract settings (a 'cut:' section for CutConfig)")
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="run shards locally or as Ray tasks")
     parser.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     parser.add_argument("--num-shards", type=int, default=None, help="number of Ray tasks (engine ray)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="if OUTPUT holds results of other settings (see OUTPUT/fingerprint.json), delete them and "
+                             "start over; without it such a rerun is refused. Results of the same settings are resumed")
+    parser.add_argument("--depth-cache", dest="depth_cache", metavar="DIR",
+                        help="depth-cache folder (default OUTPUT/depth_cache); share one between output folders to "
+                             "reuse depth across cut settings (maps are filed under a hash of the depth settings)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. size=448 cut.tau_knn=0.1")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cuts3d.depth import WeightsUnavailableError as DepthWeightsUnavailable
-    from cuts3d.features import CheckpointError, WeightsUnavailableError
+    from cuts3d.cli import print_error, setup_errors
+    from cuts3d.pipeline.shards import IncompleteMergeError, ShardLockedError
 
     try:
         return _run(args)
-    except (FileNotFoundError, ValueError, CheckpointError, WeightsUnavailableError, DepthWeightsUnavailable) as err:
+    except (*setup_errors(), ShardLockedError, IncompleteMergeError) as err:
         # Configuration and set-up problems: the message names the file and the fix; no traceback.
-        print(f"cuts3d extract: error: {err}", file=sys.stderr)
+        print_error("extract", err)
         return 2
 
 
+def with_resolved_device(cfg: "ExtractConfig") -> "ExtractConfig":
+    """``cfg`` with its device checked and made concrete (``auto`` -> ``cuda:0`` or ``cpu``) for the ViT, the depth
+    model and the cuts; ``--device cuda`` on a machine without a GPU is a one-line DeviceError here."""
+    from cuts3d.devices import resolve_device
+
+    device = str(resolve_device(cfg.device))
+    if device == cfg.device and cfg.cut.device == device:
+        return cfg
+    return dataclasses.replace(cfg, device=device, cut=dataclasses.replace(cfg.cut, device=device))
+
+
 def _run(args: argparse.Namespace) -> int:
+    from cuts3d.cli import check_output_writable
+    from cuts3d.pipeline.extract import extract, resolve_config
+
     base = {
         "images": args.images,
         "output": args.output,
@@ -48,15 +70,19 @@ def _run(args: argparse.Namespace) -> int:
         "depth_weights": args.depth_weights,
         "shard": args.shard,
         "device": args.device,
+        "depth_cache": args.depth_cache,
     }
     overrides = list(args.overrides) + ([f"cut.method={args.method}"] if args.method else [])
     cfg = resolve_config(base, args.config, overrides)
+    if args.engine != "ray":  # Ray tasks pick their device on the workers, which may have GPUs the driver lacks
+        cfg = with_resolved_device(cfg)
+    check_output_writable(cfg.output)  # read-only, no permission, full disk: fail now, before the models load
     if args.engine == "ray":
         from cuts3d.pipeline.ray_engine import extract_ray
 
-        result = extract_ray(cfg, args.num_shards or 1, address=args.address)
+        result = extract_ray(cfg, args.num_shards or 1, address=args.address, overwrite=args.overwrite)
     else:
-        result = extract(cfg)
+        result = extract(cfg, overwrite=args.overwrite)
     if result is not None:
         print(f"wrote {result}")
     return 0

@@ -10,7 +10,8 @@ Per image (the ViT sees a batch of images at once), in a straight line: load (EX
 -> masks resized to the original image size -> COCO annotations (RLE with str counts, bbox, area, score, the
 Spatial Confidence map, its mean as ``confidence_score`` and the 3D ``front`` share) appended to the shard log. Bad input is recorded
 with a reason and the job goes on. The merged ``annotations.json`` (see :mod:`cuts3d.pipeline.shards`) sits
-beside ``config.yaml`` (the resolved config), ``errors.jsonl`` and ``run_meta.json``.
+beside ``config.yaml`` (the resolved config), ``fingerprint.json`` (the settings that change results, checked
+by a rerun: :mod:`cuts3d.pipeline.fingerprint`), ``errors.jsonl`` and ``run_meta.json``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import dataclasses
 import json
 import platform
 import subprocess
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,11 +33,25 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from cuts3d.config_io import check_keys, load_yaml_mapping, parse_overrides
+from cuts3d.config_io import check_keys, coerce_fields, load_yaml_mapping, parse_overrides
 from cuts3d.cuts.config import CutConfig
 from cuts3d.cuts.segment import segment
 from cuts3d.masks.coco import encode_confidence, mask_annotation
-from cuts3d.pipeline.shards import ShardLog, atomic_write_text, merge, parse_shard, read_log, shard_items, shard_log_path
+from cuts3d.pipeline.shards import (
+    MergeResult,
+    ShardLog,
+    atomic_write_text,
+    display_name,
+    is_failed,
+    latest_records,
+    merge,
+    parse_shard,
+    read_log,
+    run_info,
+    shard_items,
+    shard_log_path,
+    write_inputs,
+)
 
 
 @dataclass
@@ -53,7 +70,12 @@ class ExtractConfig:
         batch_size: images per ViT forward pass (each finished image is still logged on its own).
         device: torch device for the ViT, the depth model and the cuts.
         shard: ``"i/n"``: this job processes shard i of n.
-        cache_depth: keep computed depth maps in ``output/depth_cache`` for later runs.
+        cache_depth: keep computed depth maps for later runs (in ``depth_cache``, default
+            ``output/depth_cache``). Results are the same either way: fresh maps are cut exactly as the cache
+            stores them (:func:`cuts3d.depth.cache.round_trip`; float32, exact).
+        depth_cache: depth-cache folder to use instead of ``output/depth_cache``; output folders with other cut
+            settings can share one, as maps are filed under a hash of every depth setting
+            (:func:`cuts3d.pipeline.fingerprint.depth_cache_key`).
         max_pixels: images with more pixels are refused before decoding.
         seed: seeds torch before random-weight models are built (reproducible tests).
         depth_overrides: architecture overrides for a random-weight depth model, or ``"tiny"`` for
@@ -74,6 +96,7 @@ class ExtractConfig:
     device: str = "cpu"
     shard: str = "0/1"
     cache_depth: bool = True
+    depth_cache: str | None = None
     max_pixels: int = 100_000_000
     seed: int = 0
     depth_overrides: dict[str, Any] | str = field(default_factory=dict)
@@ -90,6 +113,7 @@ class ExtractConfig:
         d = dict(d)
         cut = CutConfig.from_dict(d.pop("cut", {}) or {})
         check_keys(cls, d, "extract settings", " and cut.<CutConfig field>")
+        d = coerce_fields(cls, d, "extract settings")  # size=abc is a one-line error here, not a crash later
         cfg = cls(cut=cut, **d)
         if cfg.batch_size < 1 or cfg.size < 1:
             raise ValueError(f"batch_size and size must be >= 1, got {cfg.batch_size} and {cfg.size}")
@@ -101,7 +125,10 @@ def resolve_config(base: dict[str, Any], yaml_file: str | Path | None, overrides
     values = ExtractConfig().to_dict()
     if yaml_file is not None:
         loaded = load_yaml_mapping(yaml_file, "extract settings")
-        values["cut"].update(loaded.pop("cut", {}) or {})
+        cut = loaded.pop("cut", {}) or {}
+        if not isinstance(cut, dict):
+            raise ValueError(f"{yaml_file}: 'cut' must be a mapping of CutConfig fields, got {type(cut).__name__}")
+        values["cut"].update(cut)
         values.update(loaded)
     values.update({k: v for k, v in base.items() if v is not None})
     extract_fields = {f.name for f in dataclasses.fields(ExtractConfig)}
@@ -122,6 +149,7 @@ class Models:
     def __init__(self, cfg: ExtractConfig):
         from cuts3d.depth import DepthCache, PrecomputedDepth, build_depth_model, tiny_config
         from cuts3d.features import build_backbone
+        from cuts3d.pipeline.fingerprint import depth_cache_key
 
         torch.manual_seed(cfg.seed)
         self.backbone = build_backbone(cfg.backbone, weights=cfg.weights, device=cfg.device, feature=cfg.feature)
@@ -135,6 +163,9 @@ class Models:
             overrides = cfg.depth_overrides
             if overrides == "tiny":  # a tiny random architecture: quick offline dry runs and tests
                 overrides = tiny_config(cfg.depth)
+            # Random depth weights must depend on the seed alone (they are part of the depth cache key), not
+            # on how much randomness the backbone above happened to draw.
+            torch.manual_seed(cfg.seed)
             self.depth_model = build_depth_model(
                 cfg.depth,
                 weights=cfg.depth_weights,
@@ -144,7 +175,7 @@ class Models:
             )
         self.cache = None
         if cfg.cache_depth and self.depth_model is not None:
-            self.cache = DepthCache.for_model(Path(cfg.output) / "depth_cache", self.depth_model)
+            self.cache = DepthCache(depth_cache_root(cfg), depth_cache_key(cfg))
         self.depth_name = cfg.depth
 
     def metadata(self) -> dict[str, Any]:
@@ -185,46 +216,118 @@ def _add(timings: dict[str, float], stage: str, since: float) -> None:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - since
 
 
-def process_batch(records: Sequence, cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> list[dict[str, Any]]:
-    """Images -> their shard-log records (see cuts3d.pipeline.shards), in the same order.
+def _issue(stage: str, err: BaseException, image: dict[str, int] | None = None) -> dict[str, Any]:
+    """The error record of one image that failed at ``stage``.
 
-    The images that load go through the ViT in one batch; depth and cuts run per image. Bad input becomes an
-    ``issues`` entry of its record; only programming errors raise.
+    Expected bad input (:class:`ImageLoadError`, :class:`DepthInputError`) carries its own ``reason``; any other
+    exception is recorded with its type, message and the code line that raised it, plus a hint for images of an
+    extreme aspect ratio (the usual cause of failures inside a depth model's preprocessing).
     """
-    from cuts3d.io.images import ImageLoadError, load_image, resize_square
+    from cuts3d.depth import DepthInputError
+    from cuts3d.io.images import ImageLoadError
 
-    results: list[dict[str, Any]] = []
+    expected = isinstance(err, (ImageLoadError, DepthInputError))
+    if expected:
+        reason = err.reason
+    else:
+        reason = f"{type(err).__name__}: {err}"
+        if image is not None:
+            w, h = image["width"], image["height"]
+            if max(w, h) >= 20 * min(w, h):
+                reason += f" (the image is {w}x{h}, an extreme aspect ratio; crop or pad it to a less extreme shape)"
+        reason += "; a rerun retries this image"
+    issue: dict[str, Any] = {"stage": stage, "level": "error", "reason": reason}
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames and not expected:
+        issue["where"] = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}"
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()  # let the next image start from a clean allocator
+    return issue
+
+
+def _fail(result: dict[str, Any], stage: str, err: BaseException) -> dict[str, Any]:
+    """Mark ``result`` as failed at ``stage`` (no masks) and return it."""
+    result["annotations"] = []
+    result["issues"].append(_issue(stage, err, result.get("image")))
+    return result
+
+
+def _features(loaded: list[tuple[dict[str, Any], np.ndarray, np.ndarray]], cfg: ExtractConfig, models: Models,
+              timings: dict[str, float]) -> list[torch.Tensor | Exception]:
+    """ViT features of the loaded images: one batched pass; if it fails, one pass per image, so that only the
+    image that breaks it fails. Each entry is that image's (C, h, w) features or the exception it raised."""
+    backbone = models.backbone
+    t = time.perf_counter()
+    try:
+        batch = torch.stack([backbone.preprocess(small, cfg.size) for _, _, small in loaded]).to(backbone.device)
+        return list(backbone.extract(batch))
+    except Exception as err:
+        if len(loaded) == 1:
+            return [err]
+    finally:
+        _add(timings, "vit", t)
+    out: list[torch.Tensor | Exception] = []
+    for _, _, small in loaded:
+        t = time.perf_counter()
+        try:
+            out.append(backbone.extract(backbone.preprocess(small, cfg.size)[None].to(backbone.device))[0])
+        except Exception as err:
+            out.append(err)
+        _add(timings, "vit", t)
+    return out
+
+
+def process_batch(records: Sequence, cfg: ExtractConfig, models: Models | Callable[[], Models],
+                  timings: dict[str, float]) -> Iterator[dict[str, Any]]:
+    """Images -> their shard-log records (see cuts3d.pipeline.shards), each yielded as soon as it is final.
+
+    Images that fail to load are yielded first; the others go through the ViT in one batch, then depth and
+    cuts run per image and each record is yielded when its image is done, so the caller can log it at once
+    (a kill loses at most the image in flight). Any exception while processing one image becomes an
+    error-level ``issues`` entry of its record (stage: load, features, depth, cuts or encode) and the other
+    images go on; KeyboardInterrupt and SystemExit still stop the job.
+
+    Args:
+        records: :class:`cuts3d.io.ImageRecord` of this batch.
+        models: the built models, or a zero-argument function building them on first need (so a batch whose
+            images all fail to load builds no model).
+        timings: per-stage seconds, added to.
+    """
+    from cuts3d.io.images import load_image, resize_square
+
     loaded: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = []
     for record in records:
         result: dict[str, Any] = {"rel": record.rel, "image": None, "annotations": [], "issues": []}
-        results.append(result)
         t = time.perf_counter()
         try:
             rgb = load_image(record.path, max_pixels=cfg.max_pixels)
-        except ImageLoadError as err:
-            result["issues"].append({"stage": "load", "level": "error", "reason": err.reason})
+            result["image"] = {"width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
+            small = resize_square(rgb, cfg.size)
+        except Exception as err:  # ImageLoadError (a bad file) or any decoder failure: it costs only this image
+            yield _fail(result, "load", err)
             continue
-        result["image"] = {"width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
-        loaded.append((result, rgb, resize_square(rgb, cfg.size)))
-        _add(timings, "load", t)
+        finally:
+            _add(timings, "load", t)
+        loaded.append((result, rgb, small))
     if not loaded:
-        return results
-
-    t = time.perf_counter()
-    backbone = models.backbone
-    batch = torch.stack([backbone.preprocess(small, cfg.size) for _, _, small in loaded]).to(backbone.device)
-    features = backbone.extract(batch)
-    _add(timings, "vit", t)
-
-    for (result, rgb, small), feats in zip(loaded, features):
+        return
+    if not isinstance(models, Models):
+        models = models()
+    for (result, rgb, small), feats in zip(loaded, _features(loaded, cfg, models, timings)):
+        if isinstance(feats, Exception):
+            yield _fail(result, "features", feats)
+            continue
         _cut_image(result, rgb, small, feats, cfg, models, timings)
-    return results
+        yield result
 
 
 def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, features: torch.Tensor,
                cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> None:
-    """Depth, cuts and annotations of one loaded image, written into its ``result`` record."""
-    from cuts3d.depth import DepthInputError, depth_warnings
+    """Depth, cuts and annotations of one loaded image, written into its ``result`` record.
+
+    A failure at any stage leaves the record with no annotations and one error issue naming the stage.
+    """
+    from cuts3d.depth import depth_warnings
 
     issues = result["issues"]
     depth = None
@@ -232,42 +335,57 @@ def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, featu
         t = time.perf_counter()
         try:
             depth = _depth(result["rel"], rgb, models, cfg.size)
-        except DepthInputError as err:
-            issues.append({"stage": "depth", "level": "error", "reason": err.reason})
+            issues += [{"stage": "depth", "level": "warning", "reason": w} for w in depth_warnings(depth)]
+        except Exception as err:  # DepthInputError (bad depth file) or a model failing on this image
+            _fail(result, "depth", err)
             return
-        issues += [{"stage": "depth", "level": "warning", "reason": w} for w in depth_warnings(depth)]
-        _add(timings, "depth", t)
+        finally:
+            _add(timings, "depth", t)
 
     try:
         instances = segment(features, depth, small, cfg.cut, timings=timings)
-    except ValueError as err:
-        issues.append({"stage": "cuts", "level": "error", "reason": str(err)})
+    except Exception as err:
+        _fail(result, "cuts", err)
         return
 
     t = time.perf_counter()
-    for inst in instances:
-        mask = _resize_mask(inst.mask, rgb.shape[:2])
-        if not mask.any():
-            continue
-        extra: dict[str, Any] = {"iscrowd": 0}
-        if inst.confidence is not None:
-            extra["confidence"] = encode_confidence(inst.confidence)
-            extra["confidence_score"] = float(inst.mean_confidence)
-            extra["front"] = float(inst.front)
-        result["annotations"].append(mask_annotation(mask, None, inst.score, **extra))
-    _add(timings, "write", t)
+    try:
+        for inst in instances:
+            mask = _resize_mask(inst.mask, rgb.shape[:2])
+            if not mask.any():
+                continue
+            extra: dict[str, Any] = {"iscrowd": 0}
+            if inst.confidence is not None:
+                extra["confidence"] = encode_confidence(inst.confidence)
+                extra["confidence_score"] = float(inst.mean_confidence)
+                extra["front"] = float(inst.front)
+            result["annotations"].append(mask_annotation(mask, None, inst.score, **extra))
+    except Exception as err:
+        _fail(result, "encode", err)
+    finally:
+        _add(timings, "write", t)
 
 
 def _depth(rel: str, rgb: np.ndarray, models: Models, size: int) -> np.ndarray:
-    """Depth for the cuts at ``size`` x ``size``: precomputed file, cache, or the model on the original image."""
+    """Depth for the cuts at ``size`` x ``size``: precomputed file, cache, or the model on the original image.
+
+    Returns:
+        (H, W) float32 depth, larger = farther: the precomputed file's map at the image's size, else a
+        (size, size) map that is bit-identical whether it was just computed or read from the cache.
+    """
+    from cuts3d.depth.cache import round_trip
+
     if models.precomputed is not None:
         return models.precomputed(rel, rgb.shape[:2])
     if models.cache is not None:
-        cached = models.cache.get(rel)
+        cached = models.cache.get(rel, shape=(size, size))
         if cached is not None:
             return cached
     depth = models.depth_model(rgb)
     depth = np.asarray(Image.fromarray(depth.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+    # Cut on exactly what the cache returns for this map, cache or not, so a resumed run or a run that finds
+    # the map cached gives the masks of a fresh run (a no-op for float32 storage; float16 would round the map).
+    depth = models.cache.round_trip(depth) if models.cache is not None else round_trip(depth)
     if models.cache is not None:
         models.cache.put(rel, depth)
     return depth
@@ -289,32 +407,47 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def run_shard(
     cfg: ExtractConfig, records: list, index: int, count: int, progress: Callable[[int], None] | None = None
 ) -> tuple[dict[str, float], Models | None]:
-    """Process this shard's images not yet in its log (models are built only if there is work).
+    """Process this shard's images that have no successful record in its log yet.
 
-    Returns the summed per-stage seconds and the models (None when nothing was left to do).
+    Holds the shard's lock for the whole run (a second writer gets :class:`ShardLockedError`), records the
+    shard's input for :func:`cuts3d.pipeline.shards.merge`, retries the images whose latest record is a failure
+    and appends each image's record as soon as that image is done. Models are built only when an image loads.
+
+    Returns:
+        the summed per-stage seconds and the models (None when no image needed them).
     """
     timings: dict[str, float] = {}
-    models = None
-    with ShardLog(shard_log_path(Path(cfg.output), index, count)) as log:
-        todo = [r for r in shard_items(records, index, count) if r.rel not in log.done]
-        if todo:
-            models = Models(cfg)
+    built: list[Models] = []
+
+    def models() -> Models:
+        if not built:
+            built.append(Models(cfg))
+        return built[0]
+
+    log_path = shard_log_path(Path(cfg.output), index, count)
+    with ShardLog(log_path) as log:
+        mine = shard_items(records, index, count)
+        write_inputs(log_path, f"{index}/{count}", [r.rel for r in mine])
+        todo = [r for r in mine if r.rel not in log.done]  # new images and earlier failures
         bar = tqdm(total=len(todo), desc=f"shard {index}/{count}", unit="img", disable=progress is not None)
+        failed = 0
         for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start : start + cfg.batch_size]
-            for result in process_batch(chunk, cfg, models, timings):
+            for result in process_batch(todo[start : start + cfg.batch_size], cfg, models, timings):
                 t = time.perf_counter()
-                log.append(result)
+                log.append(result)  # at once: a kill loses at most the image in flight
                 _add(timings, "write", t)
-            bar.update(len(chunk))
-            if progress is not None:
-                progress(len(chunk))
+                if is_failed(result):
+                    failed += 1
+                    bar.set_postfix(failed=failed)
+                bar.update(1)
+                if progress is not None:
+                    progress(1)
         bar.close()
-    return timings, models
+    return timings, (built[0] if built else None)
 
 
 def shards_complete(output: Path, records: list, count: int) -> bool:
-    """True when every shard log of an n-way split holds all of its images."""
+    """True when every shard log of an n-way split holds a record (success or failure) of all of its images."""
     for i in range(count):
         done = {r["rel"] for r in read_log(shard_log_path(output, i, count))}
         if any(r.rel not in done for r in shard_items(records, i, count)):
@@ -322,9 +455,94 @@ def shards_complete(output: Path, records: list, count: int) -> bool:
     return True
 
 
+def _skipped_text(skipped: dict[str, list[str]]) -> str:
+    """``3 inputs skipped (2 unknown extension .txt, 1 dot-file)``; folders named like images are only noted."""
+    real = {k: v for k, v in skipped.items() if not k.startswith("folder named")}
+    # display_name: an extension with undecodable bytes must not break print()
+    parts = [f"{len(v)} {display_name(k)}" for k, v in sorted(real.items(), key=lambda kv: -len(kv[1]))]
+    text = f"{sum(len(v) for v in real.values())} inputs skipped"
+    text += f" ({', '.join(parts)})" if parts else ""
+    folders = skipped.get("folder named like an image (searched as a folder)", [])
+    if folders:
+        text += f"; {len(folders)} folder(s) named like an image searched as folders ({display_name(folders[0])}"
+        text += ", ...)" if len(folders) > 1 else ")"
+    return text
+
+
+def summary_line(out: Path, skipped: dict[str, list[str]], merged: MergeResult | None = None,
+                 shard: tuple[int, int] | None = None, records: list | None = None) -> str:
+    """The end-of-run line: images done, failed (and where the reasons are), inputs skipped, masks written.
+
+    Args:
+        out: the output folder.
+        skipped: ``ImageListing.skipped`` of the input.
+        merged: the merge's result (the whole job), or None for one shard of an unfinished job.
+        shard: (i, n) of that shard; ``records``: the input's images (to pick the shard's).
+    """
+    if merged is not None:
+        done, failed = len(merged.coco["images"]), len(merged.failed)
+        masks, where = len(merged.coco["annotations"]), out / "errors.jsonl"
+        written = f"{masks} masks written to {out / 'annotations.json'}"
+        scope = "summary"
+    else:
+        if shard is None or records is None:
+            raise ValueError("summary_line needs either merged or both shard and records")
+        log = shard_log_path(out, *shard)
+        latest = latest_records(log)
+        mine = [latest[r.rel] for r in shard_items(records, *shard) if r.rel in latest]
+        failed = sum(is_failed(r) for r in mine)
+        done, masks = len(mine) - failed, sum(len(r["annotations"]) for r in mine)
+        where = f"{log}, in {out / 'errors.jsonl'} after the merge"
+        written = f"{masks} masks in the shard log"
+        scope = f"shard {shard[0]}/{shard[1]} summary"
+    return f"{scope}: {done} images done, {failed} failed (reasons in {where}), {_skipped_text(skipped)}, {written}"
+
+
 def write_config(cfg: ExtractConfig) -> None:
-    """The resolved config beside the outputs."""
+    """The resolved config beside the outputs (after :func:`prepare_output` has checked the folder's fingerprint)."""
     atomic_write_text(Path(cfg.output) / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def depth_cache_root(cfg: ExtractConfig) -> Path:
+    """The depth cache folder: ``cfg.depth_cache``, or ``output/depth_cache``."""
+    return Path(cfg.depth_cache).expanduser() if cfg.depth_cache else Path(cfg.output) / "depth_cache"
+
+
+def prepare_output(cfg: ExtractConfig, overwrite: bool = False) -> Any:
+    """Claim ``cfg.output`` for this run's settings, clean what killed runs left, write ``config.yaml``.
+
+    Checks the folder's ``fingerprint.json`` (:func:`cuts3d.pipeline.fingerprint.claim_output`): the same
+    settings resume, other settings are refused unless ``overwrite``. Then deletes stale temporary files
+    (:mod:`cuts3d.io.atomic`) beside the outputs, in ``shards/`` and in the depth cache's temporary folder.
+
+    Returns:
+        The :class:`cuts3d.pipeline.fingerprint.OutputClaim`; hold it (``with``) while the run writes.
+
+    Raises:
+        FingerprintMismatchError: the folder holds results of other settings (one line: keys and fix).
+        FileNotFoundError: a weights file or folder in ``cfg`` does not exist.
+    """
+    from cuts3d.depth.cache import DepthCache
+    from cuts3d.io.atomic import clean_stale_temps
+    from cuts3d.pipeline.fingerprint import claim_output, depth_cache_key, result_settings
+
+    out = Path(cfg.output)
+    key = depth_cache_key(cfg)
+    claim = claim_output(out, result_settings(cfg), overwrite=overwrite, depth_caches=(out / "depth_cache",))
+    try:
+        stale = clean_stale_temps(out) + clean_stale_temps(out / "shards")
+        if key is not None and cfg.cache_depth:
+            stale += DepthCache(depth_cache_root(cfg), key).clean_stale_temps()
+        if stale:
+            print(f"cuts3d extract: removed {len(stale)} temporary file(s) left by an interrupted run "
+                  f"(e.g. {stale[0]})", file=sys.stderr)
+        if claim.action == "overwritten":
+            print(f"cuts3d extract: --overwrite: deleted the results of other settings in {out}", file=sys.stderr)
+        write_config(cfg)
+    except BaseException:
+        claim.close()
+        raise
+    return claim
 
 
 def write_run_meta(cfg: ExtractConfig, model_meta: dict[str, Any] | None) -> None:
@@ -343,28 +561,45 @@ def write_run_meta(cfg: ExtractConfig, model_meta: dict[str, Any] | None) -> Non
     atomic_write_text(out / "run_meta.json", json.dumps(meta, indent=2))
 
 
-def extract(cfg: ExtractConfig) -> Path | None:
+def extract(cfg: ExtractConfig, overwrite: bool = False) -> Path | None:
     """Run this job's shard; merge into ``output/annotations.json`` once all shards are complete.
+
+    Args:
+        cfg: the job.
+        overwrite: if ``output`` holds results of other settings, delete them and start over (see
+            :func:`prepare_output`); results of the same settings are always resumed.
 
     Returns the merged file, or None when other shards are still missing.
     """
-    from cuts3d.io.images import list_images
+    from cuts3d.io.images import scan_images
 
-    records = list_images(cfg.images)  # an empty source fails here, before any model is loaded
+    listing = scan_images(cfg.images)  # an empty source fails here, before any model is loaded
+    records = listing.records
     index, count = parse_shard(cfg.shard)
     out = Path(cfg.output)
-    write_config(cfg)
-    _, models = run_shard(cfg, records, index, count)
-    write_run_meta(cfg, models.metadata() if models is not None else None)
-    if not shards_complete(out, records, count):
-        print(f"shard {index}/{count} done; run `cuts3d merge {out}` once all {count} shards have finished")
-        return None
-    merge([out], out, info=_info(cfg))
+    with prepare_output(cfg, overwrite):
+        _, models = run_shard(cfg, records, index, count)
+        write_run_meta(cfg, models.metadata() if models is not None else None)
+        if not shards_complete(out, records, count):
+            print(summary_line(out, listing.skipped, shard=(index, count), records=records))
+            print(f"shard {index}/{count} done; run `cuts3d merge {out}` once all {count} shards have finished")
+            return None
+        finish_merge(cfg, listing)
     return out / "annotations.json"
+
+
+def finish_merge(cfg: ExtractConfig, listing: Any) -> MergeResult:
+    """Merge ``cfg.output``'s shard logs for the input ``listing`` (an ``ImageListing``), dropping images that
+    are no longer in it; prints the warnings (stderr) and the summary line."""
+    out = Path(cfg.output)
+    result = merge([out], out, info=_info(cfg), expected=[r.rel for r in listing.records])
+    for line in result.warnings:
+        print(f"cuts3d extract: warning: {line}", file=sys.stderr)
+    print(summary_line(out, listing.skipped, merged=result))
+    return result
 
 
 def _info(cfg: ExtractConfig) -> dict[str, Any]:
     """The JSON's ``info``. ``confidence_floor`` is the c_min the SC maps were clipped at: training's Table 5c
     switch reads it to refuse a lower floor, which the maps cannot provide (cuts3d.data.dataset)."""
-    return {"description": "cuts3d pseudo-masks", "method": cfg.cut.method, "backbone": cfg.backbone, "depth": cfg.depth,
-            "confidence_floor": cfg.cut.confidence_floor}
+    return run_info(cfg.to_dict())

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from cuts3d.cli import main
-from cuts3d.config_io import load_cut_config, parse_overrides
+from cuts3d.config_io import parse_overrides
+from cuts3d.cuts.config import load_cut_config
 
 
 def test_demo_writes_figures_summary_and_config(tmp_path, capsys):

@@ -216,3 +216,63 @@ def test_bad_weights_folders(tmp_path, no_network):
     (folder / "config.json").write_text(json.dumps({"model_type": "depth_anything"}))
     with pytest.raises(WeightsUnavailableError, match="cannot load depth weights"):
         build_depth_model(DA, weights=folder)  # corrupt safetensors
+
+
+# --- offline: fail fast (issue 11, item 17) ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def blocked_network(monkeypatch):
+    """The machine has no network (no DNS, no route), and nothing says offline: as on a cluster node."""
+
+    def no_route(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_route)
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    monkeypatch.setattr(socket.socket, "connect", no_route)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def test_blocked_network_without_weights_fails_within_3_s(da_model, blocked_network, tmp_path):
+    import time
+
+    start = time.perf_counter()  # da_model has imported the transformers classes: only the lookup is timed
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_depth_model(DA, weights=None, cache_dir=tmp_path / "empty_hf_cache")
+    elapsed = time.perf_counter() - start
+    message = str(info.value)
+    assert elapsed < 3.0, f"took {elapsed:.1f} s (the Hub client retries for about 25 s)"
+    assert "cannot be reached" in message and "huggingface.co:443" in message
+    assert "hf download depth-anything/Depth-Anything-V2-Small-hf" in message and "--depth-weights DIR" in message
+    assert "\n" not in message
+
+
+def test_hanging_name_resolution_is_cut_off_by_the_probe_timeout(monkeypatch, tmp_path):
+    import time
+
+    from cuts3d.depth import weights as models
+
+    def hang(*args, **kwargs):
+        time.sleep(5)  # a DNS server that never answers
+        raise OSError("late")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    reason = models._hub_unreachable(timeout=0.2)
+    assert time.perf_counter() - start < 1.0
+    assert reason == "no connection to huggingface.co:443 within 0.2 s"
+
+
+def test_probe_goes_to_the_https_proxy_when_one_is_set(monkeypatch):
+    from cuts3d.depth import weights as models
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert models._hub_address() == ("proxy.example", 3128)
+    monkeypatch.setenv("NO_PROXY", "huggingface.co")
+    assert models._hub_address() == ("huggingface.co", 443)

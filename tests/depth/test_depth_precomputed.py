@@ -13,6 +13,7 @@ from PIL import Image
 
 from cuts3d.depth import DepthCache, DepthInputError, PrecomputedDepth, depth_warnings
 from cuts3d.depth import cache as cache_module
+from cuts3d.io import atomic as atomic_module
 
 H, W = 12, 20
 
@@ -140,7 +141,7 @@ def test_nan_and_constant_maps_are_allowed_but_reported(tmp_path):
 def test_cache_round_trip_per_model(tmp_path):
     depth = ramp()
     depth[0, 0] = np.nan
-    a = DepthCache(tmp_path, "depth_anything_v2_small")
+    a = DepthCache(tmp_path, "depth_anything_v2_small", dtype="float16")
     z = DepthCache(tmp_path, "zoedepth", dtype="float32")
     assert a.get("sub dir/é.jpg") is None
     a.put("sub dir/é.jpg", depth)
@@ -159,7 +160,7 @@ def test_cache_round_trip_per_model(tmp_path):
 
 
 def test_cache_float16_overflow_falls_back_to_float32(tmp_path):
-    cache = DepthCache(tmp_path, "m")
+    cache = DepthCache(tmp_path, "m", dtype="float16")
     big = ramp() * 1e4  # up to 1.2e6: beyond float16's 65504
     cache.put("big.png", big)
     np.testing.assert_array_equal(cache.get("big.png"), big)
@@ -169,19 +170,21 @@ def test_cache_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     cache = DepthCache(tmp_path, "m")
     cache.put("x.jpg", ramp())
     cache.put("x.jpg", ramp() + 1)  # overwrite in place
+    # temporary files go to one flat folder (cheap to clean after a kill), which is empty between writes
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert files == ["x.jpg.npy"]
+    assert files == [cache_module.TEMP_FOLDER, "x.jpg.npy"] and not any(cache.temp_folder.iterdir())
     np.testing.assert_allclose(cache.get("x.jpg"), ramp() + 1, rtol=1e-3)
 
     # a crash between writing and renaming (here: in os.replace) keeps the old file intact and no temp file
     def crash(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_module.os, "replace", crash)
+    monkeypatch.setattr(atomic_module.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         cache.put("x.jpg", np.zeros((H, W), np.float32))
     monkeypatch.undo()
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["x.jpg.npy"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [cache_module.TEMP_FOLDER, "x.jpg.npy"]
+    assert not any(cache.temp_folder.iterdir())
     np.testing.assert_allclose(cache.get("x.jpg"), ramp() + 1, rtol=1e-3)
 
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from cuts3d.engine.selftrain import merge_round
 from cuts3d.masks.coco import mask_annotation
@@ -34,3 +35,28 @@ def test_merge_keeps_confident_top_predictions_and_unmatched_old_masks():
     assert len(olds) == 1 and olds[0]["bbox"] == [20.0, 20.0, 10.0, 10.0]  # old_a was matched, old_b added
     assert [a["id"] for a in merged["annotations"]] == list(range(1, len(merged["annotations"]) + 1))
     json.dumps(merged)
+
+
+def test_selftrain_resume_continues_the_round_without_predicting_again(tmp_path, monkeypatch):
+    from cuts3d.cli import main
+    from cuts3d.engine.events import release_run_logger
+    from cuts3d.synthetic.detection import write_detection_set
+
+    data, images = write_detection_set(tmp_path / "data", range(2))
+    prev, out = tmp_path / "prev", tmp_path / "round1"
+    fast = ["--config", "tiny_cpu", "precise_bn_iters=0", "num_workers=0", "checkpoint_period=1"]  # key=value last
+    try:
+        assert main(["train", "--data", str(data), "--images", str(images), "--output", str(prev), *fast, "max_iter=1"]) == 0
+        args = ["selftrain", "--model", str(prev), "--data", str(data), "--images", str(images), "--output", str(out),
+                "--score-thresh", "0.0"]
+        assert main([*args, *fast, "max_iter=1"]) == 0
+        round_json = (out / "selftrain_annotations.json").read_bytes()
+        import cuts3d.engine.predict as predict_mod
+
+        monkeypatch.setattr(predict_mod, "load_trained", lambda *a, **k: pytest.fail("predicted again on --resume"))
+        assert main([*args, "--resume", *fast, "max_iter=2"]) == 0
+    finally:
+        release_run_logger()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    assert (out / "selftrain_annotations.json").read_bytes() == round_json

@@ -58,8 +58,8 @@ def test_ablation_fields_round_trip_through_dict_yaml_and_overrides():
     ("alpha_mode=mean", r"alpha_mode='mean'; choose one of \('spatial', 'scalar'\)"),
     ("confidence_align=border", r"confidence_align='border'; choose one of \('patch', 'mask'\)"),
     ("confidence_floor=1.5", r"confidence_floor=1.5; choose null .* \[0, 1\]"),
-    ("confidence_floor=true", r"confidence_floor=True; choose null"),
-    ("confidence_floor=high", r"confidence_floor='high'; choose null"),
+    ("confidence_floor=true", r"confidence_floor=True is not a number or null"),
+    ("confidence_floor=high", r"confidence_floor='high' is not a number or null"),
 ])
 def test_bad_values_name_the_key_and_the_choices(override, message):
     with pytest.raises(ValueError, match=message):

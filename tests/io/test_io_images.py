@@ -371,3 +371,32 @@ def test_real_coco_folder():
         assert image.shape == (ref.height, ref.width, 3)
         np.testing.assert_array_equal(image, np.asarray(ref.convert("RGB")))
     assert resize_square(image).shape == (480, 480, 3)
+
+
+def test_skipped_entries_are_reported_by_reason(tmp_path):
+    from cuts3d.io import scan_images
+
+    make_tree(tmp_path)  # notes.txt, clip.gif, ._b.jpg and .hidden/ besides the images
+    (tmp_path / "x.jpg").mkdir()
+    (tmp_path / "x.jpg" / "inside.png").write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(tmp_path / "sub", target_is_directory=True)
+    listing = scan_images(tmp_path)
+    assert [r.rel for r in listing.records] == [r.rel for r in list_images(tmp_path)]
+    assert "x.jpg/inside.png" in [r.rel for r in listing.records]  # a folder named like an image is searched
+    assert listing.skipped == {
+        "unknown extension .txt": ["notes.txt"],
+        "GIF (not supported: convert to PNG)": ["clip.gif"],
+        "dot-file": ["._b.jpg"],
+        "hidden folder": [".hidden"],
+        "folder named like an image (searched as a folder)": ["x.jpg"],
+        "symlinked folder (not followed)": ["linked"],
+    }
+    assert listing.skipped_count() == 5
+
+
+def test_names_that_are_not_utf8_are_listed_with_stable_ids(tmp_path):
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+    Image.fromarray(rgb_array()).save(os.fsdecode(raw), format="PNG")
+    (record,) = list_images(tmp_path)
+    assert os.fsencode(record.path) == raw and load_image(record.path).shape == (40, 60, 3)
+    assert record.image_id == int.from_bytes(__import__("hashlib").sha1(b"caf\xe9.png").digest()[:4], "big") & 0x7FFFFFFF

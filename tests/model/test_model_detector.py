@@ -529,7 +529,11 @@ def test_training_defaults_presets_and_paths_that_must_not_download(offline, tmp
 
     monkeypatch.setattr(torch.optim, "SGD", stop)
     run = tmp_path / "run"
-    cfg = TrainConfig(output=str(run), backbone_weights=str(dino_file), device="cpu", detector=small)
+    from cuts3d.synthetic.detection import write_detection_set
+
+    data, images = write_detection_set(tmp_path / "data", range(1))  # train() checks its inputs before any model
+    cfg = TrainConfig(data=str(data), images=str(images), output=str(run), backbone_weights=str(dino_file),
+                      device="cpu", detector=small)
     try:
         with pytest.raises(Stop):
             train(cfg)
@@ -543,8 +547,11 @@ def test_training_defaults_presets_and_paths_that_must_not_download(offline, tmp
 def test_train_cli_offline_exits_with_the_message_and_no_traceback(offline, tmp_path, capsys):
     from cuts3d.cli import main
 
+    from cuts3d.synthetic.detection import write_detection_set
+
+    data, images = write_detection_set(tmp_path / "data", range(1))  # the data is checked before the weights
     try:
-        code = main(["train", "--data", str(tmp_path / "a.json"), "--images", str(tmp_path), "--output",
+        code = main(["train", "--data", str(data), "--images", str(images), "--output",
                      str(tmp_path / "run"), "--config", "one_gpu", "device=cpu"])
     finally:
         release_run_logger()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 from pycocotools.coco import COCO
 
 from cuts3d.pipeline.extract import ExtractConfig, extract, resolve_config
@@ -157,7 +157,8 @@ def test_precomputed_depth_and_its_bad_files(tmp_path):
     np.save(depth_dir / f"{stem[4]}.npy", np.full((h, w), 3.0))  # constant: processed, with a warning
     out = tmp_path / "out"
     coco = json.loads(extract(_cfg(src, out, f"depth=precomputed:{depth_dir}")).read_text())
-    assert len(coco["images"]) == 5  # every image was loaded
+    # the two images whose depth failed are only in errors.jsonl, not images with 0 annotations (issue 11, item 10)
+    assert {i["file_name"] for i in coco["images"]} == {imgs[k].name for k in (0, 3, 4)}
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     by_image = {e["image"]: e for e in errors}
     assert by_image[imgs[1].name]["level"] == "error" and by_image[imgs[1].name]["stage"] == "depth"
@@ -181,9 +182,18 @@ def test_empty_folder_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
         extract(_cfg(tmp_path / "empty", tmp_path / "out"))
 
 
-def test_second_run_reuses_cached_depth(tmp_path, monkeypatch):
-    listing = _listing(tmp_path, _images(2))
-    extract(_cfg(listing, tmp_path / "a"))
+def far_relief_depth(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) float32 depth of a far scene with fine relief (1000 +- 0.4, from the blurred gray image).
+
+    float16 (the cache's storage before issue 11) steps by 0.5 at 1000, so a map stored that way and not cut
+    exactly as the fresh one gives other masks (item 1).
+    """
+    gray = Image.fromarray(rgb).convert("L").filter(ImageFilter.GaussianBlur(4))
+    return (1000.0 + 0.4 * np.asarray(gray, np.float32) / 255.0).astype(np.float32)
+
+
+def _count_depth_calls(monkeypatch, depth_fn=None) -> list:
+    """Wrap the depth model of every job built from now on: each call is counted (and ``depth_fn`` replaces it)."""
     import cuts3d.pipeline.extract as ex
 
     calls = []
@@ -192,13 +202,72 @@ def test_second_run_reuses_cached_depth(tmp_path, monkeypatch):
     def counting_init(self, cfg):
         real(self, cfg)
         model = self.depth_model
-        self.depth_model = lambda rgb: calls.append(1) or model(rgb)
+        self.depth_model = lambda rgb: calls.append(1) or (depth_fn or model)(rgb)
 
     monkeypatch.setattr(ex.Models, "__init__", counting_init)
-    # Other cut settings, same output folder (same depth cache), fresh shard log.
-    shutil.rmtree(tmp_path / "a" / "shards")
-    extract(_cfg(listing, tmp_path / "a", "cut.tau_knn=0.1"))
-    assert calls == []
+    return calls
+
+
+def test_cached_depth_gives_the_masks_of_fresh_depth(tmp_path, monkeypatch):
+    calls = _count_depth_calls(monkeypatch, far_relief_depth)
+    listing = _listing(tmp_path, _images(3))
+    cache = tmp_path / "cache"
+    fresh = _content(extract(_cfg(listing, tmp_path / "fresh", f"depth_cache={cache}")))
+    assert len(calls) == 3 and fresh["annotations"]
+    cached = _content(extract(_cfg(listing, tmp_path / "cached", f"depth_cache={cache}")))
+    assert len(calls) == 3  # every map came from the cache
+    assert cached == fresh  # scores, RLEs and confidence maps bit for bit
+    assert _content(extract(_cfg(listing, tmp_path / "nocache", "cache_depth=false"))) == fresh
+
+
+def test_depth_cache_is_shared_across_cut_settings_and_keyed_by_depth_settings(tmp_path, monkeypatch):
+    calls = _count_depth_calls(monkeypatch)
+    listing = _listing(tmp_path, _images(2))
+    cache = tmp_path / "cache"
+    extract(_cfg(listing, tmp_path / "a", f"depth_cache={cache}"))
+    assert len(calls) == 2
+    # other cut settings in another output folder, same depth settings: every map comes from the shared cache
+    extract(_cfg(listing, tmp_path / "b", f"depth_cache={cache}", "cut.tau_knn=0.1"))
+    assert len(calls) == 2
+    # another size changes the map (it is resized to size x size): a key of its own, so computed again
+    extract(_cfg(listing, tmp_path / "c", f"depth_cache={cache}", "size=112"))
+    assert len(calls) == 4
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    assert not (tmp_path / "a" / "depth_cache").exists()  # --depth-cache replaces OUT/depth_cache
+
+
+def test_stale_temp_files_are_cleaned_and_outputs_follow_the_umask(tmp_path):
+    from cuts3d.depth.cache import TEMP_FOLDER
+    from cuts3d.io.atomic import TEMP_TAG, host_tag
+    from cuts3d.pipeline.fingerprint import depth_cache_key
+
+    listing = _listing(tmp_path, _images(1))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cfg = _cfg(listing, out, f"depth_cache={cache}")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # a process of this host that has exited: what kill -9 leaves behind
+
+    def temp(folder: Path, target: str, pid: int) -> Path:
+        path = folder / f".{target}.{TEMP_TAG}.{host_tag()}.{pid}.k1ll3d_x.tmp"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+        return path
+
+    temp_folder = cache / depth_cache_key(cfg) / TEMP_FOLDER
+    stale = [temp(out, "annotations.json", dead_pid), temp(out, "config.yaml", dead_pid),
+             temp(temp_folder, "x.jpg.npy", dead_pid)]
+    running = [temp(out, "annotations.json", os.getppid()), temp(temp_folder, "y.jpg.npy", os.getppid())]
+    old_umask = os.umask(0o002)  # a group-shared cluster folder
+    try:
+        extract(cfg)
+    finally:
+        os.umask(old_umask)
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in running)  # a live writer's temporary file is never touched
+    written = [out / n for n in ("annotations.json", "errors.jsonl", "config.yaml", "run_meta.json", "fingerprint.json")]
+    written += list(cache.rglob("*.npy"))
+    assert len(written) == 6
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in written} == {str(p): "0o664" for p in written}
 
 
 def test_ray_engine_equals_local_engine(tmp_path):

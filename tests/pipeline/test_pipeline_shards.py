@@ -1,10 +1,25 @@
-"""Shard partition, crash-safe logs (torn last line) and merging with renumbered ids."""
+"""Shard partition, crash-safe logs (torn last line, retries), the shard lock and merging (renumbered ids, partial
+merges refused, images no longer in the input dropped, run info kept, names that are not UTF-8)."""
 
 import json
+import os
 
 import pytest
 
-from cuts3d.pipeline.shards import ShardLog, merge, parse_shard, read_log, shard_items, shard_log_path
+from cuts3d.pipeline.shards import (
+    IncompleteMergeError,
+    ShardLockedError,
+    ShardLog,
+    collect,
+    display_name,
+    json_line,
+    merge,
+    parse_shard,
+    read_log,
+    shard_items,
+    shard_log_path,
+    write_inputs,
+)
 
 
 def _record(rel, n_ann=1, issues=()):
@@ -56,7 +71,7 @@ def test_merge_renumbers_dedupes_and_collects_issues(tmp_path):
     with ShardLog(shard_log_path(out2, 1, 2)) as log:
         log.append({"rel": "bad.jpg", "image": None, "annotations": [], "issues": [{"stage": "load", "level": "error", "reason": "empty file"}]})
         log.append(_record("a.jpg", 3))  # duplicate of o1's record: first one wins
-    coco = merge([out1, out2], tmp_path / "m")
+    coco = merge([out1, out2], tmp_path / "m").coco
     assert [i["file_name"] for i in coco["images"]] == ["a.jpg", "z.jpg"]
     assert [i["id"] for i in coco["images"]] == [1, 2]  # ids follow the sorted relative paths
     assert [a["id"] for a in coco["annotations"]] == [1, 2, 3]
@@ -78,3 +93,111 @@ def test_extract_cli_reports_setup_errors_without_traceback(tmp_path, capsys):
     assert "no images" in err and str(tmp_path / "empty") in err and "Traceback" not in err
     assert main(["extract", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- issue 11: retries, lock, partial merges, info, odd names -------------------------------------------------------
+
+def _failed(rel, stage="load"):
+    return {"rel": rel, "image": {"width": 4, "height": 3}, "annotations": [],
+            "issues": [{"stage": stage, "level": "error", "reason": "boom"}]}
+
+
+def test_failures_are_retried_and_the_last_record_of_a_log_counts(tmp_path):
+    path = shard_log_path(tmp_path, 0, 1)
+    with ShardLog(path) as log:
+        log.append(_record("a.jpg"))
+        log.append(_failed("b.jpg", "depth"))
+    with ShardLog(path) as log:
+        assert log.done == {"a.jpg"} and log.failed == {"b.jpg"}  # b is retried, a is not
+        log.append(_record("b.jpg", 2))
+        assert log.done == {"a.jpg", "b.jpg"} and not log.failed
+    assert collect([tmp_path])["b.jpg"]["annotations"]  # the retry supersedes the failure
+    # across logs a success beats a failure, whichever folder comes first
+    other = tmp_path / "other"
+    with ShardLog(shard_log_path(other, 0, 1)) as log:
+        log.append(_failed("a.jpg"))
+    assert collect([other, tmp_path])["a.jpg"]["issues"] == []
+
+
+def test_failed_images_are_errors_not_images_with_no_masks(tmp_path):
+    with ShardLog(shard_log_path(tmp_path, 0, 1)) as log:
+        log.append(_record("a.jpg"))
+        log.append(_failed("b.jpg", "depth"))  # loaded (it has a size) but its depth failed
+    result = merge([tmp_path], tmp_path)
+    assert [i["file_name"] for i in result.coco["images"]] == ["a.jpg"]
+    assert result.failed == ["b.jpg"] and [e["image"] for e in result.issues] == ["b.jpg"]
+
+
+def test_a_second_writer_is_refused_and_closing_releases_the_lock(tmp_path):
+    path = shard_log_path(tmp_path, 3, 8)
+    with ShardLog(path):
+        with pytest.raises(ShardLockedError, match=rf"shard-00003-of-00008.jsonl: .*already being written by host .* pid {os.getpid()}"):
+            ShardLog(path)
+    with ShardLog(path) as log:  # released on close
+        log.append(_record("a.jpg"))
+
+
+def test_merge_names_missing_and_unfinished_shards(tmp_path):
+    out = tmp_path / "o"
+    for i, rels in enumerate([["a.jpg", "d.jpg"], ["b.jpg"]]):
+        path = shard_log_path(out, i, 3)
+        with ShardLog(path) as log:
+            write_inputs(path, f"{i}/3", rels)
+            for rel in rels[:1]:
+                log.append(_record(rel))
+    with pytest.raises(IncompleteMergeError) as err:
+        merge([out], tmp_path / "m")
+    text = str(err.value)
+    assert "shard 2/3: no log" in text and "shard 0/3" in text and "1 of 2 images without a record" in text
+    assert "\n" not in text and "--allow-partial" in text and "shard 1/3" not in text
+    result = merge([out], tmp_path / "m", allow_partial=True)
+    assert [i["file_name"] for i in result.coco["images"]] == ["a.jpg", "b.jpg"] and len(result.incomplete) == 2
+    # the driver knows the input: images without a record are missing, records of other images are dropped
+    with pytest.raises(IncompleteMergeError, match="1 input images without a record"):
+        merge([out], tmp_path / "m", expected=["a.jpg", "b.jpg", "c.jpg"])
+    result = merge([out], tmp_path / "m", expected=["b.jpg"])
+    assert [i["file_name"] for i in result.coco["images"]] == ["b.jpg"] and result.dropped == ["a.jpg"]
+    assert "dropped 1 images that are no longer in the input: a.jpg" in result.warnings[0]
+
+
+def test_merge_drops_images_that_left_the_recorded_inputs(tmp_path):
+    path = shard_log_path(tmp_path, 0, 1)
+    with ShardLog(path) as log:
+        for rel in ("a.jpg", "b.jpg"):
+            log.append(_record(rel))
+        write_inputs(path, "0/1", ["b.jpg"])  # a later run no longer had a.jpg
+    result = merge([tmp_path], tmp_path)
+    assert [i["file_name"] for i in result.coco["images"]] == ["b.jpg"] and result.dropped == ["a.jpg"]
+
+
+def test_merge_keeps_the_run_info_and_refuses_mixed_settings(tmp_path):
+    import yaml
+
+    outs = []
+    for i, backbone in enumerate(["dino_vits16", "dino_vits16", "dino_vitb8"]):
+        out = tmp_path / f"o{i}"
+        with ShardLog(shard_log_path(out, i, 3)) as log:
+            log.append(_record(f"{i}.jpg"))
+        cfg = {"backbone": backbone, "depth": "zoedepth", "cut": {"method": "cuts3d", "confidence_floor": 0.5}}
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+        outs.append(out)
+    with pytest.raises(ValueError, match="differ in backbone"):
+        merge(outs, tmp_path / "m")
+    (outs[2] / "config.yaml").unlink()
+    info = merge(outs, tmp_path / "m").coco["info"]
+    assert info == {"description": "cuts3d pseudo-masks", "method": "cuts3d", "backbone": "dino_vits16",
+                    "depth": "zoedepth", "confidence_floor": 0.5}
+
+
+def test_names_that_are_not_utf8_stay_valid_json_and_round_trip(tmp_path):
+    rel = os.fsdecode(b"caf\xe9 \xc3\xa9.png")  # a Latin-1 byte, then a valid UTF-8 'é'
+    line = json_line({"rel": rel})
+    assert "\\udce9" in line and "é" in line
+    line.encode("utf-8")  # writable as UTF-8
+    assert json.loads(line)["rel"] == rel
+    assert display_name(rel) == "caf\\xe9 é.png"
+    with ShardLog(shard_log_path(tmp_path, 0, 1)) as log:
+        log.append(_record(rel))
+    coco = merge([tmp_path], tmp_path).coco
+    assert json.loads((tmp_path / "annotations.json").read_text(encoding="utf-8"))["images"][0]["file_name"] == rel
+    assert coco["images"][0]["file_name"] == rel
