@@ -252,3 +252,30 @@ def save_config(config: Any, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return path
+
+
+def settings_help(parser: Any, load_classes: Any, title: str) -> None:
+    """Append every ``key=value`` setting and its default to ``parser``'s ``--help`` text.
+
+    ``load_classes`` is called only when the help is printed (it imports the config dataclasses, which pull in
+    torch), so building the parser stays cheap. It returns ``[(prefix, dataclass), ...]``; a prefix such as
+    ``"cut."`` names a nested section.
+    """
+    plain = type(parser).format_help
+
+    def format_help() -> str:
+        lines = ["", f"{title} (key=value; the defaults below, then --config files, then these):"]
+        for prefix, cls in load_classes():
+            for f in dataclasses.fields(cls):
+                if f.default is not dataclasses.MISSING:
+                    default = f.default
+                elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                    default = f.default_factory()  # type: ignore[misc]
+                else:
+                    default = "(required)"
+                if dataclasses.is_dataclass(default):
+                    continue  # a nested section, listed with its own prefix
+                lines.append(f"  {prefix}{f.name}={_yaml_scalar(default) if default != '(required)' else default}")
+        return plain(parser) + "\n".join(lines) + "\n"
+
+    parser.format_help = format_help

@@ -9,10 +9,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from cuts3d.config_io import settings_help
 from cuts3d.engine.cli_train import PRESET_HELP, DefaultsHelpFormatter, preset_or_file
 
 
+
+def _settings_classes() -> list:
+    from cuts3d.engine.train import TrainConfig
+
+    return [("", TrainConfig)]
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_help(parser, _settings_classes, "training settings of the round (the self-training schedule overrides presets)")
     parser.formatter_class = DefaultsHelpFormatter  # --help shows every default
     parser.add_argument("--model", required=True, type=Path, help="the previous round's run folder")
     parser.add_argument("--data", required=True, type=Path, help="the previous round's annotations (pseudo-mask JSON)")

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from cuts3d.config_io import settings_help
+
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 PRESET_NAMES = ("paper", "one_gpu", "tiny_cpu")
 PRESET_HELP = ("tiny_cpu (CPU smoke run), one_gpu (1 GPU: batch 8, AMP), paper (8 GPUs under torchrun: batch 16), "
@@ -36,7 +38,14 @@ def preset_or_file(name: str) -> Path:
     return preset if preset.is_file() and not Path(name).is_file() else Path(name)
 
 
+
+def _settings_classes() -> list:
+    from cuts3d.engine.train import TrainConfig
+
+    return [("", TrainConfig)]
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_help(parser, _settings_classes, "training settings")
     parser.formatter_class = DefaultsHelpFormatter  # --help shows every default
     parser.add_argument("--data", required=True, help="pseudo-mask COCO JSON (cuts3d extract's annotations.json)")
     parser.add_argument("--images", required=True, help="folder the JSON's file_name entries are relative to")

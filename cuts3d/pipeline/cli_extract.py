@@ -7,11 +7,21 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cuts3d.config_io import settings_help
+
 if TYPE_CHECKING:  # torch is imported by cuts3d.pipeline.extract: only when the command runs (cuts3d.cli)
     from cuts3d.pipeline.extract import ExtractConfig
 
 
+
+def _settings_classes() -> list:
+    from cuts3d.cuts.config import CutConfig
+    from cuts3d.pipeline.extract import ExtractConfig
+
+    return [("", ExtractConfig), ("cut.", CutConfig)]
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings_help(parser, _settings_classes, "extraction settings")
     parser.add_argument("--images", required=True, help="image folder (recursive) or a text file of paths")
     parser.add_argument("--output", required=True, help="output folder; the result is OUTPUT/annotations.json")
     parser.add_argument("--backbone", help="dino_vits16 | dino_vits8 | dino_vitb16 | dino_vitb8 (default) | dinov2_vits14 | dinov2_vitb14")

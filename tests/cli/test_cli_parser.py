@@ -65,3 +65,12 @@ def test_settings_after_flags_join_the_overrides(monkeypatch):
     assert seen == {"overrides": ["max_iter=4", "lr=0.02"], "resume": True}
     with pytest.raises(SystemExit):
         cli.main(argv + ["stray"])
+
+
+@pytest.mark.parametrize("command,expected", [("train", "precise_bn_iters=200"), ("selftrain", "alpha_mode=spatial"),
+                                              ("extract", "cut.tau_knn=")])
+def test_help_lists_every_setting_with_its_default(command, expected, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert expected in out and "key=value" in out
