@@ -5,14 +5,16 @@ Usage::
     cuts3d predict --model RUN --images DIR --output PRED.json [--max-dets 100] [--score-thresh 0.0]
 
 Every detection is class-agnostic (``category_id`` 1) with its RLE mask (probabilities > 0.5), box [x, y, w, h]
-and score; ``image_id`` matches ``cuts3d extract``'s numbering (images sorted by relative path, from 1) or, with
-``--gt``, the ground truth's ids by file name, so ``cuts3d eval`` can score the file directly.
+and score. With ``--gt`` the output is a COCO results list whose ``image_id`` are the ground truth's (matched by
+file name). Without it the output is a COCO dict (``images`` with their relative paths, ``annotations``): ids
+1..N alone would pair other images of a ground truth numbered the same way, so ``cuts3d eval`` matches by path.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +100,23 @@ def run_predict(run: str | Path, images: str | Path, output: str | Path, max_det
         ids = list(range(1, len(records) + 1))
     model = load_trained(run, torch_device, detections_per_img=max_dets, score_thresh=score_thresh)
     results = predict(model, [r.path for r in records], ids, str(torch_device))
+    if gt is None:
+        # Ids 1..N mean nothing to a ground truth numbered the same way (they would pair other images silently):
+        # write a COCO dict whose images carry their relative paths, which `cuts3d eval` matches by path.
+        from PIL import Image
+
+        images_info = []
+        for r, image_id in zip(records, ids):
+            with Image.open(r.path) as im:
+                width, height = im.size
+            images_info.append({"id": image_id, "file_name": r.rel, "width": width, "height": height})
+        for k, ann in enumerate(results, start=1):
+            ann["id"] = k
+        payload: Any = {"images": images_info, "annotations": results,
+                        "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+    else:
+        payload = results
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results))
+    output.write_text(json.dumps(payload))
     return output

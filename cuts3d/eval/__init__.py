@@ -9,22 +9,21 @@ lists) and for raw pseudo-masks (COCO JSON from ``cuts3d extract``)::
     metrics = evaluate("GT.json", "PRED.json", iou_types=("segm", "bbox"), max_dets=100)
     metrics["segm"]["AP"]  # percent
 
-Modules: :mod:`~cuts3d.eval.coco` (loading, checks, COCOeval), :mod:`~cuts3d.eval.registry`
-(benchmark short names), :mod:`~cuts3d.eval.report` (table, markdown, PR curve),
-:mod:`~cuts3d.eval.cli` (``cuts3d eval``).
+Modules, in the order the data flows: :mod:`~cuts3d.eval.inputs` (the error type, JSON reading),
+:mod:`~cuts3d.eval.ground_truth` (load, check, merge categories), :mod:`~cuts3d.eval.predictions`
+(load and check predictions), :mod:`~cuts3d.eval.matching` (pseudo-mask images to ground-truth
+images by relative path), :mod:`~cuts3d.eval.masks` (every mask to a decoded, valid RLE),
+:mod:`~cuts3d.eval.scoring` (top ``max_dets`` per image, COCOeval, metrics),
+:mod:`~cuts3d.eval.results` (result types), :mod:`~cuts3d.eval.report` (table, markdown, PR
+curve), :mod:`~cuts3d.eval.coco` (:func:`evaluate`, wiring the steps), :mod:`~cuts3d.eval.registry`
+(benchmark short names), :mod:`~cuts3d.eval.cli` (``cuts3d eval``).
 """
 
-from cuts3d.eval.coco import (
-    IOU_TYPES,
-    EvalInputError,
-    EvalResult,
-    GroundTruth,
-    Predictions,
-    evaluate,
-    load_ground_truth,
-    load_predictions,
-    metric_keys,
-)
+from cuts3d.eval.coco import evaluate
+from cuts3d.eval.ground_truth import GroundTruth, load_ground_truth
+from cuts3d.eval.inputs import EvalInputError
+from cuts3d.eval.predictions import Predictions, load_predictions
+from cuts3d.eval.results import IOU_TYPES, EvalResult, metric_keys
 from cuts3d.eval.registry import BENCHMARKS, ENV_VAR, Benchmark
 
 __all__ = [

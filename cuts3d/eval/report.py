@@ -14,12 +14,13 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from cuts3d.eval.coco import EvalResult
+# the result type lives in its own module, so report and coco (which calls the report) do not
+# import each other
+from cuts3d.eval.results import EvalResult
 
 
 def _fmt(v: float) -> str:

@@ -199,3 +199,30 @@ def test_confident_copy_paste_falls_back_to_random_without_confidence(tmp_path, 
     for g in range(4):
         samples[g]
     assert seen == [with_confidence] * 4  # confident selection only where the masks carry confidence
+
+
+def test_predict_without_gt_writes_paths_so_eval_cannot_mix_images(tmp_path):
+    """Without --gt the ids are 1..N in listing order; a ground truth numbered differently must still be scored
+    image by image (the output carries file names, matched by path)."""
+    from cuts3d.engine.predict import run_predict
+    from cuts3d.eval import evaluate
+
+    data, images, coco = _pseudo_dataset(tmp_path, n=3)
+    run = tmp_path / "run"
+    train(_cfg(data, images, run, max_iter=2, precise_bn_iters=0))
+    # the same ground truth with its image ids reversed (3, 2, 1): ids alone would pair the wrong images
+    flipped = json.loads(data.read_text())
+    new_id = {im["id"]: 4 - im["id"] for im in flipped["images"]}
+    for im in flipped["images"]:
+        im["id"] = new_id[im["id"]]
+    for ann in flipped["annotations"]:
+        ann["image_id"] = new_id[ann["image_id"]]
+    gt = tmp_path / "gt_flipped.json"
+    gt.write_text(json.dumps(flipped))
+    pred = run_predict(run, images, tmp_path / "pred.json")
+    written = json.loads(pred.read_text())
+    assert sorted(im["file_name"] for im in written["images"]) == sorted(im["file_name"] for im in coco["images"])
+    # the same model scored against both numberings gives the same AP: images were matched by path
+    a = evaluate(str(data), str(pred), iou_types=("segm",), verbose=False)["segm"]["AP"]
+    b = evaluate(str(gt), str(pred), iou_types=("segm",), verbose=False)["segm"]["AP"]
+    assert a == pytest.approx(b)
