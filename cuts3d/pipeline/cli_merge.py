@@ -33,9 +33,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for line in result.warnings:
         print(f"cuts3d merge: warning: {line}", file=sys.stderr)
-    coco = result.coco
     print(
-        f"wrote {dest / 'annotations.json'}: {len(coco['images'])} images, {len(coco['annotations'])} annotations, "
+        f"wrote {dest / 'annotations.json'}: {result.num_images} images, {result.num_annotations} annotations, "
         f"{len(result.failed)} failed images (reasons in {dest / 'errors.jsonl'})"
     )
     return 0

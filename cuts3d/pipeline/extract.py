@@ -44,9 +44,9 @@ from cuts3d.pipeline.shards import (
     display_name,
     is_failed,
     latest_records,
+    logged_status,
     merge,
     parse_shard,
-    read_log,
     run_info,
     shard_items,
     shard_log_path,
@@ -447,9 +447,12 @@ def run_shard(
 
 
 def shards_complete(output: Path, records: list, count: int) -> bool:
-    """True when every shard log of an n-way split holds a record (success or failure) of all of its images."""
+    """True when every shard log of an n-way split holds a record (success or failure) of all of its images.
+
+    Reads only the names of each log's records (:func:`logged_status`), not their masks.
+    """
     for i in range(count):
-        done = {r["rel"] for r in read_log(shard_log_path(output, i, count))}
+        done = logged_status(shard_log_path(output, i, count))
         if any(r.rel not in done for r in shard_items(records, i, count)):
             return False
     return True
@@ -480,8 +483,9 @@ def summary_line(out: Path, skipped: dict[str, list[str]], merged: MergeResult |
         shard: (i, n) of that shard; ``records``: the input's images (to pick the shard's).
     """
     if merged is not None:
-        done, failed = len(merged.coco["images"]), len(merged.failed)
-        masks, where = len(merged.coco["annotations"]), out / "errors.jsonl"
+        # The counts, not merged.coco: reading the whole JSON back would undo the streaming merge.
+        done, failed = merged.num_images, len(merged.failed)
+        masks, where = merged.num_annotations, out / "errors.jsonl"
         written = f"{masks} masks written to {out / 'annotations.json'}"
         scope = "summary"
     else:

@@ -2,7 +2,8 @@
 
 Tasks write the same crash-safe, locked shard logs as the local engine (one record per finished image), so a
 retried task resumes where the failed one stopped and the merged JSON equals a local run's. The driver shows
-overall progress (images) and merges.
+overall progress (images), counted from what the tasks report to a small counter actor (re-reading every
+shard log every second would read GBs per poll on ImageNet), and merges.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cuts3d.pipeline.extract import ExtractConfig, finish_merge, prepare_output, run_shard, write_run_meta
-from cuts3d.pipeline.shards import read_log, shard_items, shard_log_path
+from cuts3d.pipeline.shards import logged_status, shard_items, shard_log_path
 
 
 def _remaining(cfg: ExtractConfig, records: list, index: int, count: int) -> int:
-    done = {r["rel"] for r in read_log(shard_log_path(Path(cfg.output), index, count))}
+    """Images of shard ``index`` without a record in its log (read once, at the start: names only)."""
+    done = logged_status(shard_log_path(Path(cfg.output), index, count))
     return sum(r.rel not in done for r in shard_items(records, index, count))
 
 
@@ -45,25 +47,38 @@ def extract_ray(cfg: ExtractConfig, num_shards: int, address: str | None = None,
         try:
             gpus = ray.cluster_resources().get("GPU", 0)
 
+            @ray.remote(num_cpus=0)
+            class Progress:
+                """Images finished by all tasks, as they report them (a retried task resumes, so counts add up)."""
+
+                def __init__(self) -> None:
+                    self.done = 0
+
+                def add(self, n: int) -> None:
+                    self.done += n
+
+                def get(self) -> int:
+                    return self.done
+
+            counter = Progress.remote()
+
             @ray.remote(num_gpus=1 if gpus else 0, max_retries=max_retries, retry_exceptions=True)
             def shard_task(config: ExtractConfig, index: int) -> dict | None:
                 if gpus:
                     config = ExtractConfig.from_dict({**config.to_dict(), "device": "cuda"})
-                _, models = run_shard(config, records, index, num_shards, progress=lambda n: None)
+                _, models = run_shard(config, records, index, num_shards, progress=lambda n: counter.add.remote(n))
                 return models.metadata() if models is not None else None
 
             pending = [shard_task.remote(cfg, i) for i in range(num_shards)]
             model_meta = None
             total = sum(_remaining(cfg, records, i, num_shards) for i in range(num_shards))
             with tqdm(total=total, desc="ray shards", unit="img") as bar:
-                done_before = 0
                 while pending:
                     finished, pending = ray.wait(pending, timeout=1.0)
                     for meta in ray.get(finished):  # re-raises a task's final failure here
                         model_meta = model_meta or meta
-                    left = sum(_remaining(cfg, records, i, num_shards) for i in range(num_shards))
-                    bar.update(total - left - done_before)
-                    done_before = total - left
+                    # A retried task redoes its failed images: cap so the bar never passes the total.
+                    bar.update(min(ray.get(counter.get.remote()), total) - bar.n)
         finally:
             if started_here:
                 ray.shutdown()

@@ -41,9 +41,12 @@ import os
 import re
 import socket
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Container, Iterable, Iterator, Mapping, Sequence
+
+from cuts3d.io.atomic import atomic_write
 
 SHARD_DIR = "shards"
 _LOG_NAME = re.compile(r"^shard-(\d+)-of-(\d+)\.jsonl$")
@@ -105,6 +108,35 @@ def is_failed(record: Mapping[str, Any]) -> bool:
     return record.get("image") is None or any(i.get("level") == "error" for i in record.get("issues", []))
 
 
+def _scan(path: Path, repair: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset, record) of each complete line of a shard log, read one line at a time.
+
+    Only one record is alive at a time, so callers that keep a few keys of each (names, offsets) use memory
+    bounded by what they keep, not by the log's size (an ImageNet log holds GB of RLE). Bytes after the
+    last newline are a record torn by a crash: ignored, and cut off the file when ``repair`` (so the image is
+    redone). A complete line that is not JSON is an error naming the file and line.
+    """
+    if not path.exists():
+        return
+    end = 0  # the byte after the last complete line
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break  # torn last line (a crash mid-write)
+            offset, end = end, end + len(line)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({err}); delete that line to redo its image") from err
+            yield offset, record
+        torn = f.seek(0, os.SEEK_END) > end
+    if repair and torn:
+        with path.open("r+b") as f:
+            f.truncate(end)
+
+
 def read_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Records of a shard log, in write order (an image that was retried has several; the last one counts).
 
@@ -112,22 +144,15 @@ def read_log(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     ignored, and cut off the file when ``repair`` (so the image is redone). A complete line that is not
     JSON is an error naming the file and line.
     """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if repair and len(complete) < len(data):
-        with path.open("r+b") as f:
-            f.truncate(len(complete))
-    records = []
-    for number, line in enumerate(complete.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError as err:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err}); delete that line to redo its image") from err
-    return records
+    return [record for _, record in _scan(Path(path), repair)]
+
+
+def logged_status(path: Path, repair: bool = False) -> dict[str, bool]:
+    """rel -> whether the image's latest record in one shard log failed; the records' masks are not kept.
+
+    What resuming and completeness checks need, in memory bounded by the names (see :func:`_scan`).
+    """
+    return {record["rel"]: is_failed(record) for _, record in _scan(Path(path), repair)}
 
 
 def latest_records(path: Path) -> dict[str, dict[str, Any]]:
@@ -156,8 +181,9 @@ class ShardLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = self._acquire() if lock else None
         try:
-            latest = {r["rel"]: r for r in read_log(self.path, repair=True)}
-            self.done = {rel for rel, r in latest.items() if not is_failed(r)}
+            # Only names and status: holding the shard's records (its masks) here would cost GB on ImageNet.
+            latest = logged_status(self.path, repair=True)
+            self.done = {rel for rel, failed in latest.items() if not failed}
             self.failed = set(latest) - self.done
             self._file = self.path.open("a", encoding="utf-8")
         except BaseException:
@@ -244,12 +270,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     The file gets the permissions the umask asks for (not mkstemp's 0600), and the temporary file's name
     carries host and pid so that one left by a kill is cleaned at the next start (:mod:`cuts3d.io.atomic`).
     """
-    from cuts3d.io.atomic import atomic_write
-
     atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 # --- merging ----------------------------------------------------------------------------------------------------
+
+CATEGORIES = [{"id": 1, "name": "object", "supercategory": "object"}]
+"""The one class of the merged JSON (class-agnostic pseudo-masks)."""
 
 INFO_KEYS = ("method", "backbone", "depth", "confidence_floor")
 """The settings recorded in the merged ``info`` (and required to agree between merged folders)."""
@@ -342,8 +369,13 @@ def _logs(outputs: Iterable[Path]) -> list[Path]:
 class MergeResult:
     """What :func:`merge` wrote and noticed.
 
+    The merged COCO dict is not held in memory (on ImageNet it is several GB): :attr:`coco` reads it back from
+    :attr:`path` on first use, for callers (tests, small jobs) that want it whole.
+
     Attributes:
-        coco: the COCO dict written to ``annotations.json``.
+        path: the written ``annotations.json``.
+        num_images: images in it (successful, not dropped).
+        num_annotations: annotations (masks) in it.
         issues: the ``errors.jsonl`` lines (image, stage, reason, level).
         failed: images that failed (in ``errors.jsonl`` only, not in ``coco["images"]``).
         dropped: images with a record that are no longer in the input (left out, with a warning).
@@ -351,12 +383,118 @@ class MergeResult:
         warnings: lines for the user (dropped images, a partial merge).
     """
 
-    coco: dict[str, Any]
+    path: Path | None = None
+    num_images: int = 0
+    num_annotations: int = 0
     issues: list[dict[str, Any]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    _coco: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def coco(self) -> dict[str, Any]:
+        """The COCO dict of ``annotations.json``, read from :attr:`path` once (loads every mask: small jobs only)."""
+        if self._coco is None:
+            if self.path is None:
+                raise ValueError("this merge result has no annotations.json to read")
+            self._coco = json.loads(Path(self.path).read_text(encoding="utf-8"))
+        return self._coco
+
+
+class _ImageIndex:
+    """rel -> where an image's winning record is (log, byte offset) and what the images list needs of it.
+
+    The only per-image state of :func:`merge`. Fixed-width columns in arrays instead of a tuple/dict per image
+    (about 25 bytes per image plus the name and its dict slot, instead of several hundred), so that ImageNet's
+    index stays in the tens of MB.
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[str, int] = {}
+        self.log = array("i")
+        self.offset = array("q")
+        self.failed = bytearray()
+        self.width = array("q")
+        self.height = array("q")
+        self.masks = array("q")
+        # Image entries other than {"width": int, "height": int} (none written by extract; kept exact for others).
+        self.other_images: dict[int, dict[str, Any]] = {}
+
+    def is_failed(self, rel: str) -> bool:
+        return bool(self.failed[self.slots[rel]])
+
+    def set(self, rel: str, log: int, offset: int, failed: bool, image: Mapping[str, Any] | None, masks: int) -> None:
+        """Point ``rel`` at its record in log number ``log`` at byte ``offset``, replacing what it pointed at."""
+        slot = self.slots.get(rel)
+        if slot is None:
+            slot = self.slots[rel] = len(self.log)
+            for column in (self.log, self.offset, self.width, self.height, self.masks):
+                column.append(0)
+            self.failed.append(0)
+        self.log[slot], self.offset[slot], self.failed[slot], self.masks[slot] = log, offset, failed, masks
+        self.other_images.pop(slot, None)
+        if image is None:
+            self.width[slot] = self.height[slot] = 0
+        elif list(image) == ["width", "height"] and all(type(v) is int for v in image.values()):
+            self.width[slot], self.height[slot] = image["width"], image["height"]
+        else:
+            self.other_images[slot] = dict(image)
+
+    def image(self, rel: str) -> dict[str, Any]:
+        """The record's ``image`` entry, keys in the record's order (the merged JSON must not change)."""
+        slot = self.slots[rel]
+        if slot in self.other_images:
+            return self.other_images[slot]
+        return {"width": self.width[slot], "height": self.height[slot]}
+
+
+def _index_logs(logs: Sequence[Path]) -> _ImageIndex:
+    """Pass 1 of :func:`merge`: the winning record of each image, by the rules of :func:`collect`.
+
+    Within one log the last record counts; across logs a success beats a failure, otherwise the first seen
+    wins. The latest records of one log are found first (offsets and status only) and then folded in, exactly
+    as :func:`collect` folds whole logs (folding record by record would let a log's earlier success beat
+    another log's failure that its own later failure should not beat).
+    """
+    index = _ImageIndex()
+    for number, log in enumerate(logs):
+        # rel -> (offset, failed, image, masks) of its latest record in this log; the masks are not kept.
+        latest: dict[str, tuple[int, bool, Any, int]] = {}
+        for offset, record in _scan(log):
+            failed = is_failed(record)
+            latest[record["rel"]] = (offset, failed, None if failed else record["image"], len(record.get("annotations", [])))
+        for rel, (offset, failed, image, masks) in latest.items():
+            if rel not in index.slots or (index.is_failed(rel) and not failed):
+                index.set(rel, number, offset, failed, image, masks)
+    return index
+
+
+class _RecordReader:
+    """Reads back one record of a log at a byte offset (pass 2 of :func:`merge`), keeping few files open."""
+
+    MAX_OPEN = 64  # a merge of thousands of shards must not run out of file descriptors
+
+    def __init__(self, logs: Sequence[Path]) -> None:
+        self.logs = logs
+        self.open: dict[int, BinaryIO] = {}
+
+    def read(self, log: int, offset: int) -> dict[str, Any]:
+        f = self.open.pop(log, None)
+        if f is None:
+            if len(self.open) >= self.MAX_OPEN:
+                oldest = next(iter(self.open))
+                self.open.pop(oldest).close()
+            f = self.logs[log].open("rb")
+        self.open[log] = f  # re-inserted last: the dict's order is the least recently used first
+        f.seek(offset)
+        return json.loads(f.readline())
+
+    def close(self) -> None:
+        for f in self.open.values():
+            f.close()
+        self.open.clear()
 
 
 def _first_names(rels: Sequence[str], n: int = 5) -> str:
@@ -364,7 +502,7 @@ def _first_names(rels: Sequence[str], n: int = 5) -> str:
     return shown + (f" and {len(rels) - n} more" if len(rels) > n else "")
 
 
-def _check_shards(logs: list[Path], covered: set[str]) -> tuple[list[str], set[str] | None]:
+def _check_shards(logs: list[Path], covered: Container[str]) -> tuple[list[str], set[str] | None]:
     """(one line per missing or unfinished shard, the union of the shards' inputs or None if a log has none)."""
     present: dict[int, set[int]] = {}
     where: dict[int, set[str]] = {}
@@ -407,6 +545,10 @@ def merge(
 ) -> MergeResult:
     """Merge shard logs into ``destination/annotations.json`` (+ ``errors.jsonl``).
 
+    In two passes with memory bounded by the image names: pass 1 keeps, per image, where its winning record
+    is (log, byte offset) and its status and size (:class:`_ImageIndex`); pass 2 streams ``annotations.json``
+    (exactly the bytes ``json.dumps`` gives the whole COCO dict) reading the records back one at a time.
+
     Args:
         outputs: extraction output folders (each with ``shards/``).
         destination: folder of the merged files.
@@ -422,13 +564,13 @@ def merge(
     """
     outputs = [Path(o) for o in outputs]
     logs = _logs(outputs)
-    records = collect(outputs)
+    index = _index_logs(logs)  # pass 1: names, offsets, status; no masks
     if info is None:
         info = read_run_info(outputs)
-    covered = set(records)
+    covered = index.slots
     if expected is not None:
         wanted: set[str] | None = set(expected)
-        missing = sorted(wanted - covered)
+        missing = sorted(wanted - covered.keys())
         incomplete = []
         if missing:
             incomplete.append(f"{len(missing)} input images without a record (first: {_first_names(missing, 3)})")
@@ -439,35 +581,52 @@ def merge(
             f"cannot merge {', '.join(str(o) for o in outputs)}: {'; '.join(incomplete)}; finish those shards, "
             "or pass --allow-partial to write a partial result"
         )
-    result = MergeResult(coco={}, incomplete=incomplete)
+    destination = Path(destination)
+    result = MergeResult(path=destination / "annotations.json", incomplete=incomplete)
     if incomplete:
         result.warnings.append(f"partial merge: {'; '.join(incomplete)}")
     if wanted is not None:
-        result.dropped = sorted(set(records) - wanted)
+        result.dropped = sorted(covered.keys() - wanted)
         if result.dropped:
             result.warnings.append(
                 f"dropped {len(result.dropped)} images that are no longer in the input: {_first_names(result.dropped)}"
             )
-    images, annotations = [], []
-    for rel in sorted(set(records) - set(result.dropped)):
-        r = records[rel]
-        for issue in r.get("issues", []):
-            result.issues.append({"image": rel, **issue})
-        if is_failed(r):
-            result.failed.append(rel)  # only in errors.jsonl: not an image with 0 masks
-            continue
-        image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": rel, **r["image"]})
-        for ann in r["annotations"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-    result.coco = {
-        "info": info or {"description": "cuts3d pseudo-masks"},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
-    }
-    destination = Path(destination)
-    atomic_write_text(destination / "annotations.json", json.dumps(result.coco))
+    dropped = set(result.dropped)
+    rels = [rel for rel in sorted(covered) if rel not in dropped]
+    result.failed = [rel for rel in rels if index.is_failed(rel)]  # only in errors.jsonl, not images with 0 masks
+
+    def write(f: BinaryIO) -> None:
+        """Pass 2: the bytes ``json.dumps`` gives the whole COCO dict, one image / annotation at a time."""
+        f.write(b'{"info": ' + json.dumps(info or {"description": "cuts3d pseudo-masks"}).encode() +
+                b', "licenses": [], "images": [')
+        image_id = 0
+        for rel in rels:
+            if index.is_failed(rel):
+                continue
+            image_id += 1
+            f.write((", " if image_id > 1 else "").encode() +
+                    json.dumps({"id": image_id, "file_name": rel, **index.image(rel)}).encode())
+        f.write(b'], "annotations": [')
+        reader = _RecordReader(logs)
+        image_id = annotation_id = 0
+        try:
+            for rel in rels:
+                slot = index.slots[rel]
+                record = reader.read(index.log[slot], index.offset[slot])
+                for issue in record.get("issues", []):
+                    result.issues.append({"image": rel, **issue})
+                if index.failed[slot]:
+                    continue
+                image_id += 1
+                for ann in record["annotations"]:
+                    annotation_id += 1
+                    f.write((", " if annotation_id > 1 else "").encode() +
+                            json.dumps({"id": annotation_id, "image_id": image_id, **ann}).encode())
+        finally:
+            reader.close()
+        f.write(b'], "categories": ' + json.dumps(CATEGORIES).encode() + b"}")
+        result.num_images, result.num_annotations = image_id, annotation_id
+
+    atomic_write(result.path, write)
     atomic_write_text(destination / "errors.jsonl", "".join(json_line(i) + "\n" for i in result.issues))
     return result

@@ -270,15 +270,21 @@ def test_stale_temp_files_are_cleaned_and_outputs_follow_the_umask(tmp_path):
     assert {str(p): oct(p.stat().st_mode & 0o777) for p in written} == {str(p): "0o664" for p in written}
 
 
-def test_ray_engine_equals_local_engine(tmp_path):
+def test_ray_engine_equals_local_engine(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    from cuts3d.pipeline.ray_engine import extract_ray
+    import cuts3d.pipeline.ray_engine as ray_engine
 
+    # Progress comes from the tasks' reports: the driver reads each shard log once (the starting count), not
+    # every second (issue 12: GBs per poll on ImageNet).
+    reads = []
+    remaining = ray_engine._remaining
+    monkeypatch.setattr(ray_engine, "_remaining", lambda *a: reads.append(a[2]) or remaining(*a))
     listing = _listing(tmp_path, _images(3))
     local = extract(_cfg(listing, tmp_path / "local"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = extract_ray(_cfg(listing, tmp_path / "ray"), num_shards=2)
+        result = ray_engine.extract_ray(_cfg(listing, tmp_path / "ray"), num_shards=2)
     finally:
         ray.shutdown()
     assert _content(result) == _content(local)
+    assert sorted(reads) == [0, 1]

@@ -201,3 +201,109 @@ def test_names_that_are_not_utf8_stay_valid_json_and_round_trip(tmp_path):
     coco = merge([tmp_path], tmp_path).coco
     assert json.loads((tmp_path / "annotations.json").read_text(encoding="utf-8"))["images"][0]["file_name"] == rel
     assert coco["images"][0]["file_name"] == rel
+
+
+# --- issue 12 (3): merging and bookkeeping in memory bounded by the names ----------------------------------------
+
+def _reference_coco(outputs, info=None, expected=None):
+    """The merged COCO dict as the in-memory merge of issue 11 built it (every record loaded): the streaming
+    merge must write exactly ``json.dumps`` of this."""
+    records = collect(outputs)
+    wanted = set(expected) if expected is not None else None
+    dropped = set(records) - wanted if wanted is not None else set()
+    images, annotations, issues = [], [], []
+    for rel in sorted(set(records) - dropped):
+        r = records[rel]
+        issues += [{"image": rel, **i} for i in r.get("issues", [])]
+        if r.get("image") is None or any(i.get("level") == "error" for i in r.get("issues", [])):
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": rel, **r["image"]})
+        for ann in r["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+    coco = {"info": info or {"description": "cuts3d pseudo-masks"}, "licenses": [], "images": images,
+            "annotations": annotations, "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+    return coco, issues
+
+
+def _rle_record(rel, masks, size=200):
+    """A record shaped like extract's: RLE masks of ``size`` characters and confidence codes."""
+    return {"rel": rel, "image": {"width": 640, "height": 480},
+            "annotations": [{"category_id": 1, "bbox": [1.5, 2, 30, 40], "area": 1200.0, "score": 0.25 * k,
+                             "segmentation": {"size": [480, 640], "counts": f"{rel}{k}" + "Q" * size},
+                             "confidence": {"size": [480, 640], "counts": "c" * size}} for k in range(masks)],
+            "issues": []}
+
+
+def test_streaming_merge_writes_the_bytes_of_the_in_memory_merge(tmp_path):
+    o1, o2 = tmp_path / "o1", tmp_path / "o2"
+    odd = os.fsdecode(b"caf\xe9 \xc3\xa9.png")  # not UTF-8: escaped as \udce9 in the JSON
+    with ShardLog(shard_log_path(o1, 0, 2)) as log:
+        log.append(_rle_record("z.jpg", 3))
+        log.append(_failed("x.jpg", "depth"))  # o2 has x.jpg succeed then fail: this failure stays
+        log.append(_failed("y.jpg", "load"))  # o2 has y.jpg succeed: the success wins
+        log.append(_rle_record(odd, 2))
+        log.append({**_rle_record("w.jpg", 1), "image": {"height": 480, "width": 640, "extra": "kept"}})
+        log.append(_failed("r.jpg"))
+        log.append(_rle_record("r.jpg", 2))  # a retry in the same log: the last record counts
+        log.append(_rle_record("gone.jpg", 1))
+    with ShardLog(shard_log_path(o2, 1, 2)) as log:
+        log.append(_rle_record("x.jpg", 2))
+        log.append({**_failed("x.jpg", "cut"), "image": None})
+        log.append(_rle_record("y.jpg", 1))
+        log.append({**_rle_record("a.jpg", 0), "issues": [{"stage": "depth", "level": "warning", "reason": "flat"}]})
+        log.append(_rle_record(odd, 1))  # o1's success came first
+    info = {"description": "cuts3d pseudo-masks", "method": "cuts3d", "backbone": "é"}
+    expected = ["z.jpg", "x.jpg", "y.jpg", odd, "w.jpg", "r.jpg", "a.jpg"]
+    result = merge([o1, o2], tmp_path / "m", info=info, expected=expected)
+    coco, issues = _reference_coco([o1, o2], info, expected)
+    assert (tmp_path / "m" / "annotations.json").read_bytes() == json.dumps(coco).encode("utf-8")
+    assert result.issues == issues and result.failed == ["x.jpg"] and result.dropped == ["gone.jpg"]
+    assert (result.num_images, result.num_annotations) == (len(coco["images"]), len(coco["annotations"])) == (6, 9)
+    assert result.coco == coco  # read back from the file on demand
+    errors = (tmp_path / "m" / "errors.jsonl").read_text(encoding="utf-8")
+    assert errors == "".join(json_line(i) + "\n" for i in issues)
+
+
+def _big_logs(out, images=60, size=60_000):
+    """Shard logs of ``images`` records with 2 masks of ``size`` characters each (~14 MB)."""
+    for i in range(2):
+        path = shard_log_path(out, i, 2)
+        with ShardLog(path) as log:
+            rels = [f"{k:04d}.jpg" for k in range(i, images, 2)]
+            write_inputs(path, f"{i}/2", rels)
+            for rel in rels:
+                log.append(_rle_record(rel, 2, size))
+    return [f"{k:04d}.jpg" for k in range(images)]
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_merge_and_bookkeeping_do_not_hold_the_records(tmp_path):
+    from cuts3d.pipeline.extract import shards_complete
+    from cuts3d.pipeline.shards import logged_status
+
+    class Rec:
+        def __init__(self, rel):
+            self.rel = rel
+
+    rels = _big_logs(tmp_path)
+    total = sum(shard_log_path(tmp_path, i, 2).stat().st_size for i in range(2))
+    assert total > 14e6
+    # A few records at a time (each ~0.25 MB), never the logs' ~14 MB.
+    assert _peak_bytes(lambda: merge([tmp_path], tmp_path / "m")) < 3e6
+    assert _peak_bytes(lambda: shards_complete(tmp_path, [Rec(r) for r in rels], 2)) < 3e6
+    assert _peak_bytes(lambda: ShardLog(shard_log_path(tmp_path, 0, 2)).close()) < 3e6
+    assert set(logged_status(shard_log_path(tmp_path, 1, 2))) == set(rels[1::2])
+    assert shards_complete(tmp_path, [Rec(r) for r in rels], 2)
+    assert not shards_complete(tmp_path, [Rec(r) for r in rels + ["new.jpg"]], 2)
+    assert merge([tmp_path], tmp_path / "m").num_annotations == 2 * len(rels)
