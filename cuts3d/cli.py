@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import os
 import sys
-import uuid
 from pathlib import Path
 
 # name -> (module, one-line help). Modules are imported lazily so that `cuts3d --help`
@@ -70,25 +68,15 @@ def describe_os_error(err: OSError) -> str | None:
 
 
 def check_output_writable(folder: str | Path) -> Path:
-    """Create ``folder`` (and parents) and write and remove a probe file in it, before any model is built.
-
-    A read-only disk, a folder without write permission, a path below a file or a full disk then fails in a
-    second with one line, not after the models are loaded or hours into a job.
+    """Create ``folder`` and probe that it can be written, before any model is built
+    (:func:`cuts3d.io.atomic.check_writable_folder`).
 
     Raises:
         OSError: the folder cannot be created or written (see :func:`describe_os_error` for the message).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".cuts3d-write-probe-{uuid.uuid4().hex[:8]}"
-    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    try:
-        os.write(fd, b"x")  # a full disk may allow the empty file but not its first block
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        probe.unlink(missing_ok=True)
-    return folder
+    from cuts3d.io.atomic import check_writable_folder
+
+    return check_writable_folder(folder)
 
 
 def print_error(command: str, message: object) -> None:

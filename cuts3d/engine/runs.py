@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cuts3d.features.weights import sha256_file
+from cuts3d.io.atomic import check_writable_folder
 
 
 class TrainSetupError(ValueError):
@@ -188,21 +189,10 @@ def check_writable(run: str | Path) -> None:
     Raises:
         TrainSetupError: one line naming the folder and the fix.
     """
-    run = Path(run)
-    probe = run / f".write_test.{os.getpid()}"
     try:
-        run.mkdir(parents=True, exist_ok=True)
-        with open(probe, "w", encoding="utf-8") as f:
-            f.write("ok\n")
-            f.flush()
-            os.fsync(f.fileno())
+        check_writable_folder(run)
     except OSError as err:
         raise TrainSetupError(f"--output {run}: cannot write there ({os_reason(err)}); {os_fix(err)}") from None
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass  # the probe could not be created in the first place; that error is the one reported
 
 
 def os_reason(err: OSError) -> str:

@@ -27,6 +27,7 @@ import re
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -173,3 +174,25 @@ def clean_stale_temps(folder: Path) -> list[Path]:
                 continue  # another starting shard removed it first
             removed.append(path)
     return removed
+
+
+def check_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and parents) and write, fsync and remove a probe file in it, before any heavy work.
+
+    A read-only disk, a folder without write permission, a path below a file or a full disk then fails in a
+    second, not after the models are loaded or hours into a job.
+
+    Raises:
+        OSError: the folder cannot be created or written (callers turn it into their one-line message).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".cuts3d-write-probe-{uuid.uuid4().hex[:8]}"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"x")  # a full disk may allow the empty file but not its first block
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+    return folder
