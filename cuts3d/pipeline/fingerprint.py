@@ -244,10 +244,12 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every key whose value differs (absent keys show as ``-``), sorted by key."""
     out = []
     for key in sorted(set(old) | set(new)):
+        # compare the full values (as JSON, so NaN equals NaN); the shortened text is only for the message
+        if key in old and key in new and json.dumps(old[key], sort_keys=True) == json.dumps(new[key], sort_keys=True):
+            continue
         a = _short(old[key]) if key in old else "-"
         b = _short(new[key]) if key in new else "-"
-        if a != b or (key in old) != (key in new):
-            out.append(f"{key}: {a} -> {b}")
+        out.append(f"{key}: {a} -> {b}")
     return out
 
 

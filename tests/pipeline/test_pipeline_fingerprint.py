@@ -162,3 +162,11 @@ def test_unwritable_output_is_one_line(tmp_path):
         ro.mkdir(mode=0o500)
         with pytest.raises(OutputBusyError, match="writable --output"):
             claim_output(ro, result_settings(_cfg()))
+
+
+def test_differing_keys_compares_full_values_not_their_shortened_text():
+    from cuts3d.pipeline.fingerprint import differing_keys
+
+    long_a, long_b = "x" * 50 + "a", "x" * 50 + "b"  # equal in their first 37 characters
+    assert [line.split(":")[0] for line in differing_keys({"k": long_a, "same": 1}, {"k": long_b, "same": 1})] == ["k"]
+    assert differing_keys({"nan": float("nan")}, {"nan": float("nan")}) == []
