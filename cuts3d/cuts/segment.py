@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cuts3d.cuts.affinity import binarize, cosine_similarity, mask_out, weighted
+from cuts3d.cuts.affinity import affinity_graph, binarize, cosine_similarity, remove_nodes, similarity_matrix
 from cuts3d.cuts.confidence import spatial_confidence
 from cuts3d.cuts.config import CutConfig
 from cuts3d.cuts.foreground import front_fraction
@@ -39,7 +39,7 @@ from cuts3d.cuts.localcut import knn_graph, localcut
 from cuts3d.cuts.ncut import bipartition, fiedler_vector, resolve_solver, seed_component
 from cuts3d.cuts.pointcloud import depth_to_grid, unproject
 from cuts3d.cuts.spatial_importance import edge_exponents, sharpened_threshold, si_exponents, spatial_importance
-from cuts3d.masks.crf import crf_available, refine, warn_crf_missing
+from cuts3d.masks.crf import DenseCRF, crf_available, warn_crf_missing
 from cuts3d.masks.filters import mask_iou, passes_maskcut_filters, upsample_nearest
 
 
@@ -157,7 +157,7 @@ def segment(
     if config.method == "maskcut":
         cuts = _maskcut_rounds(feats.reshape(C, n), grid, config, device)
     else:
-        cuts = _cuts3d_rounds(cosine_similarity(feats.reshape(C, n)), grid, depth, config, device)
+        cuts = _cuts3d_rounds(similarity_matrix(feats.reshape(C, n)), grid, depth, config, device)
     t1 = time.perf_counter()
     instances = _finalize(cuts, out_shape, image, config)
     if timings is not None:
@@ -173,7 +173,9 @@ def _fiedler(w: np.ndarray, config: CutConfig, device: torch.device) -> np.ndarr
     whatever vector LAPACK returns, so maskcut with the dense solver does too.
     """
     solver = resolve_solver(config.eigensolver, device, config.method)
-    if w.min() == w.max() and not (config.method == "maskcut" and solver == "dense"):
+    # (row 0 first: a graph whose first row varies is not constant, and the full test costs two n x n passes)
+    constant = w[0].min() == w[0].max() and w.min() == w.max()
+    if constant and not (config.method == "maskcut" and solver == "dense"):
         return None
     return fiedler_vector(w, solver, seed=config.seed, device=device)
 
@@ -222,9 +224,12 @@ def _maskcut_rounds(
 
 
 def _cuts3d_rounds(
-    similarity: torch.Tensor, grid: tuple[int, int], depth: np.ndarray, config: CutConfig, device: torch.device
+    similarity: np.ndarray, grid: tuple[int, int], depth: np.ndarray, config: CutConfig, device: torch.device
 ) -> list[_Cut]:
-    """CutS3D rounds (spec 3.3): sharpened NCut -> rest check -> LocalCut -> Spatial Confidence."""
+    """CutS3D rounds (spec 3.3): sharpened NCut -> rest check -> LocalCut -> Spatial Confidence.
+
+    ``similarity``: (n, n) float32 cosine similarity; it becomes the graph (built once, in place).
+    """
     n = grid[0] * grid[1]
     z, has_3d = depth_to_grid(depth, grid, config.depth_pool, config.depth_scale, config.depth_gain)
     points = unproject(z)
@@ -239,15 +244,14 @@ def _cuts3d_rounds(
                 exponent = edge_exponents(exponents, config.si_exponent, device)
             else:
                 threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
+    w_aff = affinity_graph(similarity, config.tau_ncut, config.eps, config.affinity == "binary", threshold, exponent)
     painted = np.zeros(n, dtype=bool)
+    removed = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
     for k in range(config.n_iters):
-        masked = mask_out(similarity, painted)
-        if config.affinity == "similarity":
-            w_aff = weighted(masked, config.tau_ncut, config.eps, threshold, exponent)
-        else:
-            w_aff = binarize(masked, config.tau_ncut, config.eps, threshold)
+        remove_nodes(w_aff, painted & ~removed, config.eps)  # the patches found so far leave the graph
+        removed |= painted
         x = _fiedler(w_aff, config, device)
         if x is None:
             break
@@ -308,23 +312,21 @@ def _finalize(cuts: list[_Cut], out_shape: tuple[int, int], image: np.ndarray | 
         warn_crf_missing()
         use_crf = False
     taken = np.zeros(out_shape, dtype=bool)
-    instances: list[Instance] = []
+    upsampled = []
     for c in cuts:
         up = upsample_nearest(c.patch_mask, out_shape) & ~taken
         taken |= up
-        mask = up
-        if use_crf and up.any():
-            mask = refine(
-                image,
-                up,
-                min_iou=config.crf_min_iou,
-                iters=config.crf_iters,
-                pos_xy=config.crf_pos_xy,
-                pos_w=config.crf_pos_w,
-                bi_xy=config.crf_bi_xy,
-                bi_rgb=config.crf_bi_rgb,
-                bi_w=config.crf_bi_w,
-            )
+        upsampled.append(up)
+    masks = upsampled
+    if use_crf:
+        # every mask's unary is known now: one CRF of the image refines them all together
+        crf = DenseCRF(image, config.crf_iters, pos_xy=config.crf_pos_xy, pos_w=config.crf_pos_w,
+                       bi_xy=config.crf_bi_xy, bi_rgb=config.crf_bi_rgb, bi_w=config.crf_bi_w)
+        nonempty = [i for i, up in enumerate(upsampled) if up.any()]
+        refined = dict(zip(nonempty, crf.refine([upsampled[i] for i in nonempty], min_iou=config.crf_min_iou)))
+        masks = [refined.get(i, up) for i, up in enumerate(upsampled)]
+    instances: list[Instance] = []
+    for c, mask in zip(cuts, masks):
         if mask.sum() < 1:
             continue
         score, mean_sc, front = c.score, None, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,126 @@ def warn_crf_missing() -> None:
     warnings.warn(_MISSING_HINT + "; CRF refinement is skipped", RuntimeWarning, stacklevel=3)
 
 
+class DenseCRF:
+    """The two-label dense CRF of one image, run for all of its masks at once.
+
+    Mean-field inference is pydensecrf's (Kraehenbuehl's code: same lattices, kernels, normalisation and
+    update), organised for many two-label problems on one image:
+
+    - the pairwise kernels (the permutohedral lattices, about a quarter of one 480 x 480 refinement) depend on
+      the image only and are built once;
+    - the kernels are linear and Q_bg = 1 - Q_fg, so filtering Q_bg equals filter(1) - filter(Q_fg): one
+      channel per mask is filtered instead of two, and the K masks are filtered together as K channels of one
+      lattice pass (pydensecrf's ``stepInference`` on a K-label CRF without unaries returns exactly the
+      summed, weighted Potts messages of each channel).
+
+    Mean-field often reaches a float32 fixed point (Q unchanged to the bit) before ``iters``; inference stops
+    there, which changes nothing, as every later iteration would repeat it.
+
+    The update follows pydensecrf's ``expAndNormalize`` in float32. Only float rounding differs from
+    :func:`densecrf` (filter(1) - filter(Q_fg) instead of filter(Q_bg)); the labels are equal except for pixels
+    whose two probabilities tie to a unit in the last place (tested).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        iters: mean-field iterations.
+        pos_xy, pos_w: Gaussian kernel standard deviation (pixels) and weight.
+        bi_xy, bi_rgb, bi_w: bilateral kernel standard deviations (pixels, intensity) and weight.
+    """
+
+    def __init__(self, image: np.ndarray, iters: int = 10, pos_xy: float = 3.0, pos_w: float = 7.0,
+                 bi_xy: float = 50.0, bi_rgb: float = 5.0, bi_w: float = 10.0) -> None:
+        if not crf_available():
+            raise ImportError(_MISSING_HINT)
+        # pydensecrf needs a writable C-contiguous buffer; arrays from PIL (np.asarray) are read-only.
+        self.image = np.require(image, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        self.iters = iters
+        self.kernels = dict(pos_xy=pos_xy, pos_w=pos_w, bi_xy=bi_xy, bi_rgb=bi_rgb, bi_w=bi_w)
+
+    def labels(self, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """MAP labelling of each mask's CRF.
+
+        Args:
+            masks: K (h, w) float or bool foreground masks, each resized bilinearly to (H, W).
+
+        Returns:
+            K (H, W) float32 arrays in {0, 1}, as :func:`densecrf` gives them one by one.
+        """
+        if not masks:
+            return []
+        import pydensecrf.densecrf as dcrf
+        import pydensecrf.eigen as eigen
+
+        H, W = self.image.shape[:2]
+        K, N = len(masks), H * W
+        unary = np.stack([_unary(m, H, W) for m in masks])  # (K, 2, N): background, foreground
+        k = self.kernels
+        crf = dcrf.DenseCRF2D(W, H, K)  # one label per mask: its foreground channel
+        crf.addPairwiseGaussian(sxy=k["pos_xy"], compat=k["pos_w"])
+        crf.addPairwiseBilateral(sxy=k["bi_xy"], srgb=k["bi_rgb"], rgbim=self.image, compat=k["bi_w"])
+        q_eigen, _, _ = crf.startInference()
+        # Sized buffers: stepInference resizes them to (K, N) in place, so numpy views of them stay valid.
+        messages = eigen.matrixXf(np.zeros((K, N), np.float32))
+        scratch = eigen.matrixXf(np.zeros((K, N), np.float32))
+
+        def filtered(q: np.ndarray) -> np.ndarray:
+            # sum over kernels of w_k * filter_k(q) per channel (Potts messages; no unary is set)
+            np.asarray(q_eigen)[:] = q
+            crf.stepInference(q_eigen, messages, scratch)
+            return np.asarray(messages)
+
+        ones = filtered(np.ones((K, N), np.float32))[0].copy()
+        fg, bg = _normalize(-unary[:, 1], -unary[:, 0])
+        for _ in range(self.iters):
+            message = filtered(fg)
+            new_fg, bg = _normalize(-unary[:, 1] + message, -unary[:, 0] + (ones - message))
+            # A float fixed point: each update is a deterministic function of Q (per channel), so every further
+            # iteration would return these same bits; stopping here gives exactly the result of all iterations.
+            converged = _bitwise_equal(new_fg, fg)
+            fg = new_fg
+            if converged:
+                break
+        return [(fg[i] > bg[i]).reshape(H, W).astype(np.float32) for i in range(K)]  # argmax: ties go to 0
+
+    def refine(self, masks: Sequence[np.ndarray], min_iou: float = 0.5) -> list[np.ndarray]:
+        """MaskCut's refinement of each mask: CRF, fill holes, reject when IoU(refined, input) < ``min_iou``.
+
+        Args:
+            masks: (H, W) bool masks at image resolution.
+            min_iou: acceptance threshold.
+
+        Returns:
+            (H, W) bool refined masks, all False where rejected.
+        """
+        out = []
+        for mask, labels in zip(masks, self.labels(masks)):
+            refined = ndimage.binary_fill_holes(labels >= 0.5)
+            out.append(refined if mask_iou(mask, refined) >= min_iou else np.zeros_like(refined))
+        return out
+
+
+def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(a, b))
+
+
+def _unary(mask: np.ndarray, H: int, W: int) -> np.ndarray:
+    """(2, H * W) float32 unary energies -log softmax([1 - m, m]) of the mask resized bilinearly to (H, W)."""
+    from pydensecrf.utils import unary_from_softmax
+
+    fg = torch.as_tensor(np.asarray(mask, dtype=np.float64))[None]
+    logits = torch.cat([1.0 - fg, fg])[None]
+    logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0]
+    return np.ascontiguousarray(unary_from_softmax(torch.softmax(logits, dim=0).numpy()))
+
+
+def _normalize(fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # pydensecrf's expAndNormalize for two labels, in its order of float32 operations
+    top = np.maximum(fg, bg)
+    e_fg, e_bg = np.exp(fg - top), np.exp(bg - top)
+    total = e_bg + e_fg
+    return e_fg / total, e_bg / total
+
+
 def densecrf(
     image: np.ndarray,
     mask: np.ndarray,
@@ -45,14 +166,12 @@ def densecrf(
     bi_rgb: float = 5.0,
     bi_w: float = 10.0,
 ) -> np.ndarray:
-    """MAP labelling of a two-label dense CRF.
+    """MAP labelling of a two-label dense CRF for one mask, exactly as CutLER runs pydensecrf.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         mask: (h, w) float or bool foreground mask, resized bilinearly to (H, W).
-        iters: mean-field iterations.
-        pos_xy, pos_w: Gaussian kernel standard deviation (pixels) and weight.
-        bi_xy, bi_rgb, bi_w: bilateral kernel standard deviations (pixels, intensity) and weight.
+        iters, pos_xy, pos_w, bi_xy, bi_rgb, bi_w: as for :class:`DenseCRF`.
 
     Returns:
         (H, W) float32 in {0, 1}.
@@ -60,15 +179,10 @@ def densecrf(
     if not crf_available():
         raise ImportError(_MISSING_HINT)
     import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
 
     H, W = image.shape[:2]
-    fg = torch.as_tensor(np.asarray(mask, dtype=np.float64))[None]
-    logits = torch.cat([1.0 - fg, fg])[None]
-    logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0]
-    probs = torch.softmax(logits, dim=0).numpy()
     crf = dcrf.DenseCRF2D(W, H, 2)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.setUnaryEnergy(_unary(mask, H, W))
     crf.addPairwiseGaussian(sxy=pos_xy, compat=pos_w)
     # pydensecrf needs a writable C-contiguous buffer; arrays from PIL (np.asarray) are read-only.
     rgb = np.require(image, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
@@ -78,7 +192,8 @@ def densecrf(
 
 
 def refine(image: np.ndarray, mask: np.ndarray, min_iou: float = 0.5, **crf_kwargs: float) -> np.ndarray:
-    """MaskCut's refinement: CRF, fill holes, reject when IoU(refined, input) < ``min_iou``.
+    """MaskCut's refinement of one mask with :func:`densecrf`: CRF, fill holes, reject when
+    IoU(refined, input) < ``min_iou``.
 
     Args:
         image: (H, W, 3) uint8.

@@ -54,6 +54,9 @@ FINGERPRINT_FILE = "fingerprint.json"
 LOCK_FILE = ".fingerprint.lock"
 #: Version of the fingerprint's contents; bump when a setting is added, so old folders read as different.
 FORMAT = 1
+#: Version of the cut stage's arithmetic; bump when a change can alter the masks of unchanged settings. 2: the
+#: float32 NCut graph and Lanczos products, the batched CRF (issue 12; equal masks up to ties).
+CUT_FORMAT = 2
 #: Version of the cached depth maps (preprocessing, resizing, storage); bump when a change alters the maps.
 DEPTH_FORMAT = 1
 #: Files of an output folder that hold results of its setting (deleted by ``overwrite``).
@@ -187,6 +190,7 @@ def _cut_settings(cfg: ExtractConfig) -> dict[str, Any]:
     cut["eigensolver"] = resolve_solver(cfg.cut.eigensolver, kind, cfg.cut.method)
     # Without pydensecrf2 the CRF is skipped with a warning: record what runs, not what was asked for.
     cut["crf"] = bool(cfg.cut.crf) and crf_available()
+    cut["implementation"] = CUT_FORMAT
     return cut
 
 

@@ -97,3 +97,51 @@ def test_mask_out_equals_zeroed_features():
     zeroed = f.clone()
     zeroed[:, torch.from_numpy(removed)] = 0
     torch.testing.assert_close(mask_out(cosine_similarity(f), removed), cosine_similarity(zeroed))
+
+
+def test_float32_lanczos_matches_dense_eigh_to_float32_accuracy():
+    w = _scene_affinity(2, grid=24)
+    d = w.sum(1)
+    _, vecs = scipy.linalg.eigh(np.diag(d) - w, np.diag(d), subset_by_index=[1, 2])
+    ref = vecs[:, 0]
+    x = fiedler_vector(w.astype(np.float32), "lanczos")
+    assert x.dtype == np.float64 and abs(x @ (d * x) - 1.0) < 1e-8
+    sign = np.sign(x @ (d * ref))
+    np.testing.assert_allclose(sign * x, ref, atol=1e-4 * np.abs(ref).max())
+    grid = (24, 24)
+    np.testing.assert_array_equal(bipartition(x, grid)[0], bipartition(ref, grid)[0])
+
+
+def _features(seed: int, n: int = 300, c: int = 16) -> torch.Tensor:
+    f = torch.from_numpy(np.random.default_rng(seed).standard_normal((c, n)).astype(np.float32))
+    f[:, :40] += 3.0  # a block of similar patches: similarities on both sides of tau
+    return f
+
+
+@pytest.mark.parametrize("variant", ["weighted", "binary", "threshold", "exponent"])
+def test_in_place_graph_equals_the_torch_graph(variant):
+    from cuts3d.cuts.affinity import affinity_graph, remove_nodes, similarity_matrix, weighted
+    from cuts3d.cuts.spatial_importance import edge_exponents, sharpened_threshold
+
+    f = _features(3)
+    s = similarity_matrix(f)
+    torch.testing.assert_close(torch.from_numpy(s), cosine_similarity(f), atol=1e-6, rtol=0)
+    node_e = np.random.default_rng(4).uniform(0.6, 1.0, f.shape[1])
+    kwargs = {"threshold": sharpened_threshold(node_e, 0.15, "pair_mean", "cpu")} if variant == "threshold" else {}
+    if variant == "exponent":
+        kwargs = {"exponent": edge_exponents(node_e, "pair_mean", "cpu")}
+    removed = np.zeros(f.shape[1], dtype=bool)
+    removed[[0, 5, 50, 299]] = True
+
+    def expected(rm: np.ndarray) -> np.ndarray:
+        masked = mask_out(torch.from_numpy(s), rm)
+        if variant == "binary":
+            return binarize(masked, 0.15, 1e-5, kwargs.get("threshold"))
+        return weighted(masked, 0.15, 1e-5, **kwargs)
+
+    w = affinity_graph(s.copy(), 0.15, 1e-5, binary=variant == "binary", **kwargs)
+    assert w.dtype == np.float32
+    # the float64 graph holds float32 values (eps aside, which float32 rounds), so compare as float32
+    np.testing.assert_array_equal(w, expected(np.zeros_like(removed)).astype(np.float32))
+    remove_nodes(w, removed, 1e-5)
+    np.testing.assert_array_equal(w, expected(removed).astype(np.float32))
