@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="run shards locally or as Ray tasks")
     parser.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     parser.add_argument("--num-shards", type=int, default=None, help="number of Ray tasks (engine ray)")
+    parser.add_argument("--cut-workers", dest="cut_workers", type=int, metavar="K",
+                        help="cut the images in K single-threaded worker processes (engine ray: K Ray CPU tasks per "
+                             "shard) while this process runs the ViT and depth of the next ones; default 0 (cut here). "
+                             "Results are the same; a rerun with another K resumes")
     parser.add_argument("--overwrite", action="store_true",
                         help="if OUTPUT holds results of other settings (see OUTPUT/fingerprint.json), delete them and "
                              "start over; without it such a rerun is refused. Results of the same settings are resumed")
@@ -81,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         "shard": args.shard,
         "device": args.device,
         "depth_cache": args.depth_cache,
+        "cut_workers": args.cut_workers,
     }
     overrides = list(args.overrides) + ([f"cut.method={args.method}"] if args.method else [])
     cfg = resolve_config(base, args.config, overrides)

@@ -9,7 +9,9 @@ Per image (the ViT sees a batch of images at once), in a straight line: load (EX
 -> ViT patch features (last-block keys) -> depth (model, cached, or precomputed files) -> :func:`cuts3d.segment`
 -> masks resized to the original image size -> COCO annotations (RLE with str counts, bbox, area, score, the
 Spatial Confidence map, its mean as ``confidence_score`` and the 3D ``front`` share) appended to the shard log. Bad input is recorded
-with a reason and the job goes on. The merged ``annotations.json`` (see :mod:`cuts3d.pipeline.shards`) sits
+with a reason and the job goes on. With ``cut_workers=K`` the cut stage (cuts, CRF, encoding) of each image runs in
+one of K worker processes (:mod:`cuts3d.pipeline.cut_workers`) while this process goes on with the model stage
+(load, ViT, depth) of the next images. The merged ``annotations.json`` (see :mod:`cuts3d.pipeline.shards`) sits
 beside ``config.yaml`` (the resolved config), ``fingerprint.json`` (the settings that change results, checked
 by a rerun: :mod:`cuts3d.pipeline.fingerprint`), ``errors.jsonl`` and ``run_meta.json``.
 """
@@ -81,6 +83,18 @@ class ExtractConfig:
         depth_overrides: architecture overrides for a random-weight depth model, or ``"tiny"`` for
             :func:`cuts3d.depth.tiny_config` (offline dry runs, tests).
         depth_input_size: the depth network's input height (None: the model's default, 518 for Depth Anything).
+        cut_workers: processes for the cut stage (:func:`cuts3d.segment` with the CRF, then the masks' encoding).
+            0 (default): each image is cut in this process right after its depth, one image after another.
+            K >= 1: K single-threaded worker processes (``spawn``ed; :mod:`cuts3d.pipeline.cut_workers`) cut
+            while this process runs the model stage (load, ViT, depth) of the next images; at most
+            ``2 * K`` images are in flight (one being cut and one queued per worker; bounds the memory) and each
+            record is logged as soon as its image is done, in completion order (the merge sorts by name, so
+            ``annotations.json`` is byte for byte the one of ``cut_workers=0``). A worker that dies fails the
+            images in flight (stage ``cuts``; a rerun retries them) and is replaced. With ``--engine ray``
+            the cut stage runs as Ray CPU tasks (``num_cpus=1``), ``2 * K`` in flight per shard. Workers cut on
+            the CPU, where ``eigensolver=auto`` is Lanczos (on a GPU the inline cuts use torch's eigh there, so
+            on a GPU machine 0 and K >= 1 are different settings and the fingerprint tells them apart; on a
+            CPU a rerun with another value resumes).
         cut: the pseudo-mask engine's settings.
     """
 
@@ -101,6 +115,7 @@ class ExtractConfig:
     seed: int = 0
     depth_overrides: dict[str, Any] | str = field(default_factory=dict)
     depth_input_size: int | None = None
+    cut_workers: int = 0
     cut: CutConfig = field(default_factory=CutConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +132,8 @@ class ExtractConfig:
         cfg = cls(cut=cut, **d)
         if cfg.batch_size < 1 or cfg.size < 1:
             raise ValueError(f"batch_size and size must be >= 1, got {cfg.batch_size} and {cfg.size}")
+        if cfg.cut_workers < 0:
+            raise ValueError(f"cut_workers must be >= 0 (0: cut in this process), got {cfg.cut_workers}")
         return cfg
 
 
@@ -277,8 +294,38 @@ def _features(loaded: list[tuple[dict[str, Any], np.ndarray, np.ndarray]], cfg: 
     return out
 
 
+@dataclass
+class CutJob:
+    """The cut stage of one image, as handed to a cut worker (:mod:`cuts3d.pipeline.cut_workers`): picklable,
+    on the CPU, without the original image (only its size).
+
+    Attributes:
+        result: the image's record so far (``rel``, ``image``, no annotations, the issues so far).
+        features: (C, h, w) float32 ViT features.
+        depth: the depth the cuts use (see :func:`_depth`), None for MaskCut.
+        small: the (size, size, 3) uint8 RGB the ViT saw (the CRF's image).
+        shape: (H, W) of the original image (the masks are resized to it).
+        cut: the cut settings (see :func:`worker_cut_config`).
+    """
+
+    result: dict[str, Any]
+    features: np.ndarray
+    depth: np.ndarray | None
+    small: np.ndarray
+    shape: tuple[int, int]
+    cut: CutConfig
+
+
+def worker_cut_config(cut: CutConfig) -> CutConfig:
+    """``cut`` for a cut worker: on the CPU (workers hold no GPU), with the solver ``auto`` gives there pinned
+    (:func:`cuts3d.pipeline.fingerprint.result_settings` records that one when ``cut_workers`` >= 1)."""
+    from cuts3d.cuts.ncut import resolve_solver
+
+    return dataclasses.replace(cut, device="cpu", eigensolver=resolve_solver(cut.eigensolver, "cpu", cut.method))
+
+
 def process_batch(records: Sequence, cfg: ExtractConfig, models: Models | Callable[[], Models],
-                  timings: dict[str, float]) -> Iterator[dict[str, Any]]:
+                  timings: dict[str, float], defer_cuts: bool = False) -> Iterator[dict[str, Any] | CutJob]:
     """Images -> their shard-log records (see cuts3d.pipeline.shards), each yielded as soon as it is final.
 
     Images that fail to load are yielded first; the others go through the ViT in one batch, then depth and
@@ -292,6 +339,9 @@ def process_batch(records: Sequence, cfg: ExtractConfig, models: Models | Callab
         models: the built models, or a zero-argument function building them on first need (so a batch whose
             images all fail to load builds no model).
         timings: per-stage seconds, added to.
+        defer_cuts: stop each image after its depth (the model stage): yield a :class:`CutJob` for the
+            caller to cut (:func:`run_cut_job`, in a worker) instead of cutting it here. Records of images that
+            failed before the cuts are still yielded as records.
     """
     from cuts3d.io.images import load_image, resize_square
 
@@ -313,37 +363,66 @@ def process_batch(records: Sequence, cfg: ExtractConfig, models: Models | Callab
         return
     if not isinstance(models, Models):
         models = models()
+    cut = worker_cut_config(cfg.cut) if defer_cuts else cfg.cut
     for (result, rgb, small), feats in zip(loaded, _features(loaded, cfg, models, timings)):
         if isinstance(feats, Exception):
             yield _fail(result, "features", feats)
             continue
-        _cut_image(result, rgb, small, feats, cfg, models, timings)
-        yield result
+        if not defer_cuts:
+            _cut_image(result, rgb, small, feats, cfg, models, timings)
+            yield result
+            continue
+        ok, depth = _image_depth(result, rgb, cfg, models, timings)
+        if not ok:
+            yield result
+            continue
+        features = feats.detach().to(device="cpu", dtype=torch.float32).numpy().copy()  # not a view of the batch
+        yield CutJob(result, features, depth, small, (int(rgb.shape[0]), int(rgb.shape[1])), cut)
 
 
 def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, features: torch.Tensor,
                cfg: ExtractConfig, models: Models, timings: dict[str, float]) -> None:
-    """Depth, cuts and annotations of one loaded image, written into its ``result`` record.
+    """Depth, cuts and annotations of one loaded image, written into its ``result`` record (``cut_workers=0``).
 
     A failure at any stage leaves the record with no annotations and one error issue naming the stage.
     """
+    ok, depth = _image_depth(result, rgb, cfg, models, timings)
+    if ok:
+        cut_and_encode(result, features, depth, small, rgb.shape[:2], cfg.cut, timings)
+
+
+def _image_depth(result: dict[str, Any], rgb: np.ndarray, cfg: ExtractConfig, models: Models,
+                 timings: dict[str, float]) -> tuple[bool, np.ndarray | None]:
+    """(True, the depth the cuts use: None for MaskCut), or (False, None) with ``result`` failed at stage depth.
+
+    Depth warnings (constant map, missing values) are added to ``result``'s issues.
+    """
     from cuts3d.depth import depth_warnings
 
-    issues = result["issues"]
-    depth = None
-    if cfg.cut.method == "cuts3d":
-        t = time.perf_counter()
-        try:
-            depth = _depth(result["rel"], rgb, models, cfg.size)
-            issues += [{"stage": "depth", "level": "warning", "reason": w} for w in depth_warnings(depth)]
-        except Exception as err:  # DepthInputError (bad depth file) or a model failing on this image
-            _fail(result, "depth", err)
-            return
-        finally:
-            _add(timings, "depth", t)
-
+    if cfg.cut.method != "cuts3d":
+        return True, None
+    t = time.perf_counter()
     try:
-        instances = segment(features, depth, small, cfg.cut, timings=timings)
+        depth = _depth(result["rel"], rgb, models, cfg.size)
+        result["issues"] += [{"stage": "depth", "level": "warning", "reason": w} for w in depth_warnings(depth)]
+        return True, depth
+    except Exception as err:  # DepthInputError (bad depth file) or a model failing on this image
+        _fail(result, "depth", err)
+        return False, None
+    finally:
+        _add(timings, "depth", t)
+
+
+def cut_and_encode(result: dict[str, Any], features: np.ndarray | torch.Tensor, depth: np.ndarray | None,
+                   small: np.ndarray, shape: tuple[int, int], cut: CutConfig, timings: dict[str, float]) -> None:
+    """The cut stage of one image (the same code in this process and in a cut worker): :func:`cuts3d.segment`
+    (cuts and CRF), then each mask resized to the original ``shape`` and encoded into ``result["annotations"]``.
+
+    A failure leaves the record with no annotations and one error issue (stage ``cuts`` or ``encode``).
+    Seconds are added to ``timings`` under ``cuts``, ``crf`` and ``write``.
+    """
+    try:
+        instances = segment(features, depth, small, cut, timings=timings)
     except Exception as err:
         _fail(result, "cuts", err)
         return
@@ -351,7 +430,7 @@ def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, featu
     t = time.perf_counter()
     try:
         for inst in instances:
-            mask = _resize_mask(inst.mask, rgb.shape[:2])
+            mask = _resize_mask(inst.mask, shape)
             if not mask.any():
                 continue
             extra: dict[str, Any] = {"iscrowd": 0}
@@ -364,6 +443,17 @@ def _cut_image(result: dict[str, Any], rgb: np.ndarray, small: np.ndarray, featu
         _fail(result, "encode", err)
     finally:
         _add(timings, "write", t)
+
+
+def run_cut_job(job: CutJob) -> tuple[dict[str, Any], dict[str, float]]:
+    """A cut worker's task (process pool or Ray): the finished record and its seconds per stage."""
+    from cuts3d.pipeline.cut_workers import fault_hook, one_thread
+
+    fault_hook(job.result["rel"])
+    timings: dict[str, float] = {}
+    with one_thread():  # K workers on K cores: one thread each
+        cut_and_encode(job.result, job.features, job.depth, job.small, job.shape, job.cut, timings)
+    return job.result, timings
 
 
 def _depth(rel: str, rgb: np.ndarray, models: Models, size: int) -> np.ndarray:
@@ -405,7 +495,8 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def run_shard(
-    cfg: ExtractConfig, records: list, index: int, count: int, progress: Callable[[int], None] | None = None
+    cfg: ExtractConfig, records: list, index: int, count: int, progress: Callable[[int], None] | None = None,
+    cut_executor: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, float], Models | None]:
     """Process this shard's images that have no successful record in its log yet.
 
@@ -413,8 +504,20 @@ def run_shard(
     shard's input for :func:`cuts3d.pipeline.shards.merge`, retries the images whose latest record is a failure
     and appends each image's record as soon as that image is done. Models are built only when an image loads.
 
+    With ``cfg.cut_workers`` >= 1 this process runs only the model stage (load, ViT, depth) and hands each
+    image's cut stage to a cut executor (:mod:`cuts3d.pipeline.cut_workers`): while the executor holds
+    ``max_in_flight`` images, it waits for the first one to finish and logs it; records are logged in
+    completion order. On any exit (an error, KeyboardInterrupt) the executor is shut down and its queued
+    images are cancelled (they have no record yet: a rerun does them).
+
+    Args:
+        progress: called with 1 per logged record (replaces the progress bar).
+        cut_executor: builds the cut executor (used when ``cfg.cut_workers`` >= 1); default a
+            :class:`cuts3d.pipeline.cut_workers.ProcessCutExecutor` of ``cfg.cut_workers`` processes (the Ray
+            engine passes Ray tasks).
+
     Returns:
-        the summed per-stage seconds and the models (None when no image needed them).
+        the summed per-stage seconds (the workers' included) and the models (None when no image needed them).
     """
     timings: dict[str, float] = {}
     built: list[Models] = []
@@ -424,6 +527,10 @@ def run_shard(
             built.append(Models(cfg))
         return built[0]
 
+    if cfg.cut_workers >= 1 and cut_executor is None:
+        from cuts3d.pipeline.cut_workers import ProcessCutExecutor
+
+        cut_executor = lambda: ProcessCutExecutor(cfg.cut_workers)  # noqa: E731
     log_path = shard_log_path(Path(cfg.output), index, count)
     with ShardLog(log_path) as log:
         mine = shard_items(records, index, count)
@@ -431,17 +538,42 @@ def run_shard(
         todo = [r for r in mine if r.rel not in log.done]  # new images and earlier failures
         bar = tqdm(total=len(todo), desc=f"shard {index}/{count}", unit="img", disable=progress is not None)
         failed = 0
-        for start in range(0, len(todo), cfg.batch_size):
-            for result in process_batch(todo[start : start + cfg.batch_size], cfg, models, timings):
-                t = time.perf_counter()
-                log.append(result)  # at once: a kill loses at most the image in flight
-                _add(timings, "write", t)
-                if is_failed(result):
-                    failed += 1
-                    bar.set_postfix(failed=failed)
-                bar.update(1)
-                if progress is not None:
-                    progress(1)
+
+        def finished(result: dict[str, Any], stage_timings: dict[str, float] | None = None) -> None:
+            nonlocal failed
+            for stage, seconds in (stage_timings or {}).items():  # a worker's cuts, crf and write
+                timings[stage] = timings.get(stage, 0.0) + seconds
+            t = time.perf_counter()
+            log.append(result)  # at once: a kill loses at most the images in flight
+            _add(timings, "write", t)
+            if is_failed(result):
+                failed += 1
+                bar.set_postfix(failed=failed)
+            bar.update(1)
+            if progress is not None:
+                progress(1)
+
+        executor = cut_executor() if cut_executor is not None and cfg.cut_workers >= 1 else None
+        try:
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start : start + cfg.batch_size]
+                for item in process_batch(batch, cfg, models, timings, defer_cuts=executor is not None):
+                    if not isinstance(item, CutJob):
+                        finished(item)
+                        continue
+                    executor.submit(item)
+                    while executor.in_flight >= executor.max_in_flight:  # the bound: wait for the first done
+                        for result, stage_timings in executor.wait_first():
+                            finished(result, stage_timings)
+            while executor is not None and executor.in_flight:
+                for result, stage_timings in executor.wait_first():
+                    finished(result, stage_timings)
+        except BaseException:
+            if executor is not None:
+                executor.close(abort=True)
+            raise
+        if executor is not None:
+            executor.close()
         bar.close()
     return timings, (built[0] if built else None)
 

@@ -187,6 +187,8 @@ def _cut_settings(cfg: ExtractConfig) -> dict[str, Any]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    if cfg.cut_workers >= 1:
+        kind = "cpu"  # cut workers run on the CPU (cuts3d.pipeline.extract.worker_cut_config)
     cut["eigensolver"] = resolve_solver(cfg.cut.eigensolver, kind, cfg.cut.method)
     # Without pydensecrf2 the CRF is skipped with a warning: record what runs, not what was asked for.
     cut["crf"] = bool(cfg.cut.crf) and crf_available()

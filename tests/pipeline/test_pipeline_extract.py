@@ -1,5 +1,5 @@
 """End-to-end extraction on real COCO images with tiny random-weight models: output format, shards, kill -9
-and resume, bad inputs, precomputed depth, the Ray engine."""
+and resume, bad inputs, precomputed depth, cut workers (local pool and Ray tasks), the Ray engine."""
 
 import json
 import os
@@ -90,6 +90,43 @@ def test_shards_then_merge_equal_single_run(tmp_path):
     assert _content(extract(_cfg(listing, tmp_path / "b1", "batch_size=1"))) == _content(single)
 
 
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process (from /proc)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def _descendants(pid: int) -> list[int]:
+    table = _process_table()
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, (parent, _) in table.items() if parent == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+def _running(pids: list[int]) -> list[int]:
+    """The pids that still run (a zombie has ended: only its exit status waits for a parent)."""
+    table = _process_table()
+    return [p for p in pids if p in table and table[p][1] != "Z"]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
     listing = _listing(tmp_path, _images(6))
     reference = extract(_cfg(listing, tmp_path / "ref"))
@@ -110,6 +147,114 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
     assert _content(out / "annotations.json") == _content(reference)
     rels = [r["rel"] for r in read_log(log)]
     assert len(rels) == len(set(rels)) == 6  # none lost, none duplicated
+
+
+# `cuts3d extract` whose main process stops (sleeps) right after logging its STOP_AFTER-th record and says so in
+# MARKER, so that the test's SIGKILL finds exactly that many records, whatever the cut workers have in flight.
+STOPPING_CLI = """
+import os, sys, time
+from pathlib import Path
+from cuts3d.cli import main
+from cuts3d.pipeline.shards import ShardLog
+
+real, logged = ShardLog.append, []
+
+def append(self, record):
+    real(self, record)
+    logged.append(record["rel"])
+    if len(logged) == int(os.environ["STOP_AFTER"]):
+        Path(os.environ["MARKER"]).touch()
+        time.sleep(600)
+
+ShardLog.append = append
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_with_cut_workers_and_resume_equals_uninterrupted(tmp_path):
+    """kill -9 of the main process while 2 cut workers have images in flight: those are lost and redone, the
+    workers end by themselves (no orphan keeps running), the resumed run equals an uninterrupted one."""
+    listing = _listing(tmp_path, _images(6))
+    reference = extract(_cfg(listing, tmp_path / "ref"))
+    out = tmp_path / "killed"
+    args = ["extract", "--images", str(listing), "--output", str(out), "--cut-workers", "2", *TINY]
+    log = shard_log_path(out, 0, 1)
+    for stop_after in (1, 2):  # kill twice, at different points of the run
+        marker = tmp_path / f"stopped-{stop_after}"
+        env = {**os.environ, "STOP_AFTER": str(stop_after), "MARKER": str(marker)}
+        proc = subprocess.Popen([sys.executable, "-c", STOPPING_CLI, *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not marker.exists() and proc.poll() is None:
+            time.sleep(0.02)
+        assert marker.exists(), "the job did not log a record"
+        children = _descendants(proc.pid)  # the cut workers (and multiprocessing's resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(children) >= 2 and not (out / "annotations.json").exists()
+        deadline = time.time() + 15  # a worker notices within a second that its parent is gone
+        while _running(children) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _running(children) == [], "processes of the killed job are still running"
+    assert len(read_log(log)) == 3
+    subprocess.run([sys.executable, "-m", "cuts3d", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    assert (out / "annotations.json").read_bytes() == reference.read_bytes()
+    rels = [r["rel"] for r in read_log(log)]
+    assert len(rels) == len(set(rels)) == 6  # none lost, none duplicated
+
+
+def test_cut_workers_give_the_bytes_of_the_inline_path(tmp_path):
+    """cut_workers=2 logs the records in completion order; the merge sorts them: the same files, byte for byte."""
+    listing = _listing(tmp_path, _images(6))
+    inline = extract(_cfg(listing, tmp_path / "inline"))
+    pooled = extract(_cfg(listing, tmp_path / "pooled", "cut_workers=2"))
+    assert pooled.read_bytes() == inline.read_bytes() and _content(inline)["annotations"]
+    assert (tmp_path / "pooled" / "errors.jsonl").read_bytes() == (tmp_path / "inline" / "errors.jsonl").read_bytes()
+    assert sorted(r["rel"] for r in read_log(shard_log_path(tmp_path / "pooled", 0, 1))) == [p.name for p in _images(6)]
+    # the pool is shut down when extract returns: no worker is left (multiprocessing's resource tracker may be)
+    workers = [p for p in _descendants(os.getpid()) if "resource_tracker" not in _cmdline(p)]
+    assert _running(workers) == []
+
+
+def test_a_rerun_with_other_cut_workers_resumes(tmp_path):
+    """cut_workers does not change results, so it is not in the fingerprint: another value resumes the folder."""
+    from cuts3d.pipeline.fingerprint import result_settings
+
+    imgs = _images(3)
+    out = tmp_path / "out"
+    extract(_cfg(_listing(tmp_path, imgs[:2]), out))
+    listing = _listing(tmp_path, imgs)
+    assert result_settings(_cfg(listing, out, "cut_workers=1")) == result_settings(_cfg(listing, out))
+    extract(_cfg(listing, out, "cut_workers=1"))  # not refused as other settings
+    assert [r["rel"] for r in read_log(shard_log_path(out, 0, 1))] == [p.name for p in imgs]  # only the new one cut
+    assert _content(out / "annotations.json") == _content(extract(_cfg(listing, tmp_path / "ref")))
+
+
+def test_a_dead_cut_worker_fails_the_images_in_flight_and_the_job_goes_on(tmp_path, monkeypatch):
+    """A worker process that really dies (os._exit on one image): the images it took down fail at stage cuts,
+    naming the worker; a new pool cuts the rest; a rerun retries the failures and gives the clean result."""
+    from cuts3d.pipeline.cut_workers import FAULT_EXIT_ENV
+
+    imgs = _images(6)
+    listing = _listing(tmp_path, imgs)
+    hook = tmp_path / "exit_on"
+    hook.write_text(imgs[0].name)
+    monkeypatch.setenv(FAULT_EXIT_ENV, str(hook))
+    out = tmp_path / "out"
+    extract(_cfg(listing, out, "cut_workers=2"))
+    assert not hook.exists()  # the fault fired (once)
+    errors = {e["image"]: e for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    victim = errors[imgs[0].name]
+    assert victim["stage"] == "cuts" and victim["level"] == "error"
+    assert "CutWorkerDied" in victim["reason"] and "exit code 70" in victim["reason"] and "rerun" in victim["reason"]
+    assert all(e["stage"] == "cuts" and "CutWorkerDied" in e["reason"] for e in errors.values())
+    assert len(errors) <= 4  # at most the 2 * 2 images in flight
+    assert len(read_log(shard_log_path(out, 0, 1))) == 6  # every image has a record: the job went on
+    assert json.loads((out / "annotations.json").read_text())["images"]  # the images after the crash were cut
+    extract(_cfg(listing, out, "cut_workers=2"))  # the rerun retries the failed images only
+    assert (out / "errors.jsonl").read_text() == ""
+    assert _content(out / "annotations.json") == _content(extract(_cfg(listing, tmp_path / "ref")))
 
 
 def test_bad_inputs_are_recorded_and_the_job_goes_on(tmp_path):
@@ -270,21 +415,38 @@ def test_stale_temp_files_are_cleaned_and_outputs_follow_the_umask(tmp_path):
     assert {str(p): oct(p.stat().st_mode & 0o777) for p in written} == {str(p): "0o664" for p in written}
 
 
-def test_ray_engine_equals_local_engine(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ray_engine_equals_local_engine(tmp_path, monkeypatch, workers):
+    """workers=2: each shard task sends its cuts to Ray CPU tasks (2 shards x up to 4 cut tasks on 2 CPUs: the
+    shard tasks must hold no CPU); the worker of one cut task dies, its image fails, a rerun redoes it."""
     ray = pytest.importorskip("ray")
     import cuts3d.pipeline.ray_engine as ray_engine
+    from cuts3d.pipeline.cut_workers import FAULT_EXIT_ENV
 
     # Progress comes from the tasks' reports: the driver reads each shard log once (the starting count), not
     # every second (issue 12: GBs per poll on ImageNet).
     reads = []
     remaining = ray_engine._remaining
     monkeypatch.setattr(ray_engine, "_remaining", lambda *a: reads.append(a[2]) or remaining(*a))
-    listing = _listing(tmp_path, _images(3))
+    imgs = _images(3)
+    listing = _listing(tmp_path, imgs)
     local = extract(_cfg(listing, tmp_path / "local"))
+    hook = tmp_path / "exit_on"
+    if workers:
+        hook.write_text(imgs[1].name)
+        monkeypatch.setenv(FAULT_EXIT_ENV, str(hook))  # before ray.init: the Ray workers inherit it
+    cfg = _cfg(listing, tmp_path / "ray", f"cut_workers={workers}")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = ray_engine.extract_ray(_cfg(listing, tmp_path / "ray"), num_shards=2)
+        result = ray_engine.extract_ray(cfg, num_shards=2)
+        if workers:
+            assert not hook.exists()
+            errors = [json.loads(line) for line in (tmp_path / "ray" / "errors.jsonl").read_text().splitlines()]
+            assert [(e["image"], e["stage"]) for e in errors] == [(imgs[1].name, "cuts")]
+            assert "died" in errors[0]["reason"]
+            assert [i["file_name"] for i in json.loads(result.read_text())["images"]] == [imgs[0].name, imgs[2].name]
+            result = ray_engine.extract_ray(cfg, num_shards=2)  # resumes: redoes the failed image
     finally:
         ray.shutdown()
     assert _content(result) == _content(local)
-    assert sorted(reads) == [0, 1]
+    assert sorted(reads) == ([0, 0, 1, 1] if workers else [0, 1])  # once per shard and run

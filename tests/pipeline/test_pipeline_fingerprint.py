@@ -184,3 +184,10 @@ def test_results_of_an_earlier_cut_implementation_are_not_resumed(tmp_path):
     _results(out)
     with pytest.raises(FingerprintMismatchError, match="cut.implementation: - -> 2"):
         claim_output(out, settings)
+
+
+def test_cut_workers_record_the_solver_they_run():
+    # Cut workers cut on the CPU, where eigensolver=auto is Lanczos; inline cuts on a GPU use torch's eigh.
+    assert result_settings(_cfg("device=cuda", "cut.device=cuda"))["cut.eigensolver"] == "torch"
+    assert result_settings(_cfg("device=cuda", "cut.device=cuda", "cut_workers=2"))["cut.eigensolver"] == "lanczos"
+    assert _fp("cut_workers=2") == _fp()  # on a CPU the workers change nothing

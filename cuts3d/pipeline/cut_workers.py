@@ -1,0 +1,265 @@
+"""Cut executors: the cut stage of extraction (:func:`cuts3d.pipeline.extract.cut_and_encode`, run by
+:func:`cuts3d.pipeline.extract.run_cut_job`) in other processes, while the extracting process goes on with the
+model stage (load, ViT, depth) of the next images (``ExtractConfig.cut_workers``).
+
+:func:`cuts3d.pipeline.extract.run_shard` holds the one bounded in-flight loop; an executor only runs jobs:
+
+* ``max_in_flight``: the bound (images handed over and not yet collected);
+* ``in_flight``: images handed over and not yet collected;
+* ``submit(job)``: hand over one :class:`cuts3d.pipeline.extract.CutJob`;
+* ``wait_first()``: block until at least one image is done; its (record, per-stage seconds) pairs, failures
+  already turned into failed records (stage ``cuts``), in submission order;
+* ``close(abort=False)``: shut down; ``abort`` cancels what was not started and stops what runs.
+
+:class:`ProcessCutExecutor` runs the jobs in a local process pool, :class:`RayCutExecutor` as Ray CPU tasks.
+Workers use one thread each (torch and the BLAS/OpenMP pools): K workers on K cores with the default thread
+counts each would oversubscribe the cores many times over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+FAULT_EXIT_ENV = "CUTS3D_FAULT_CUT_WORKER_EXIT"
+"""Fault injection for tests: the path of a file holding one image's ``rel``. The first cut worker to get that
+image deletes the file and ends its process at once (``os._exit``), as a crash would; later runs are unaffected."""
+
+PARENT_POLL_S = 0.5
+"""How often a pool worker checks that the process that started it is still alive."""
+
+
+class CutWorkerDied(RuntimeError):
+    """A cut worker process ended (killed, crashed, out of memory) while images were in flight."""
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and every BLAS/OpenMP pool on one thread inside the block (restored after it: a Ray worker process
+    may run other tasks later)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fault_hook(rel: str) -> None:
+    """See :data:`FAULT_EXIT_ENV` (does nothing unless that variable is set)."""
+    path = os.environ.get(FAULT_EXIT_ENV)
+    if not path:
+        return
+    try:
+        if Path(path).read_text(encoding="utf-8").strip() != rel:
+            return
+        os.unlink(path)  # only one process can delete it: the fault fires once
+    except OSError:
+        return
+    os._exit(70)
+
+
+_thread_limits: Any = None  # kept alive for the worker's lifetime
+
+
+def init_worker(parent_pid: int) -> None:
+    """Initializer of a pool worker: one thread, Ctrl-C left to the parent (which shuts the pool down), and a
+    watchdog that ends the worker when its parent is gone (``kill -9`` of the parent: the worker would otherwise
+    wait for work forever, as it holds its queue's pipe open itself)."""
+    global _thread_limits
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    _thread_limits = threadpool_limits(limits=1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="cuts3d-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:  # a dead parent's children are re-parented
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _dead_workers(pool: ProcessPoolExecutor, patience_s: float = 1.0) -> str:
+    """``cut worker process pid 123 (exit code 70)``: the pool's processes that ended by themselves (not by the
+    SIGTERM a broken pool sends the others).
+
+    The pool notices a death when the worker's pipe closes, a moment before its exit status can be read: waits
+    up to ``patience_s`` for it.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            processes = list((getattr(pool, "_processes", None) or {}).items())
+            ended = [(pid, p.exitcode) for pid, p in processes if p.exitcode is not None]
+        except Exception:  # private state of concurrent.futures: only the message depends on it
+            return "a cut worker process"
+        dead = [(pid, code) for pid, code in ended if code != -signal.SIGTERM]
+        if dead or not processes or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    named = [f"pid {pid} ({_exit_text(code)})" for pid, code in (dead or ended)]
+    return "cut worker process " + ", ".join(named) if named else "a cut worker process"
+
+
+class ProcessCutExecutor:
+    """Cut jobs in ``workers`` local processes (a ``spawn`` pool: fork after torch has started threads can deadlock).
+
+    A worker that dies breaks the pool: every image in flight gets a failed record (stage ``cuts``, naming the
+    dead worker; a rerun retries it), and the next job starts a new pool.
+
+    Args:
+        workers: processes (K).
+        max_in_flight: the bound of :func:`cuts3d.pipeline.extract.run_shard`; default ``2 * workers`` (one
+            image being cut and one waiting per worker, so no worker idles while the next is handed over).
+    """
+
+    def __init__(self, workers: int, max_in_flight: int | None = None):
+        if workers < 1:
+            raise ValueError(f"a process pool needs >= 1 worker, got {workers}")
+        self.workers = workers
+        self.max_in_flight = max_in_flight or 2 * workers
+        self.restarts = 0  # pools replaced after a worker died
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: dict[Future, tuple[int, dict[str, Any], ProcessPoolExecutor]] = {}
+        self._deaths: dict[int, str] = {}  # id(broken pool) -> its dead workers, taken before it is shut down
+        self._order = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_worker, initargs=(os.getpid(),))
+
+    def _drop(self, pool: ProcessPoolExecutor) -> None:
+        """Forget a broken pool (its processes are already ended); the next submit starts a new one."""
+        if pool is self._pool:
+            self._deaths[id(pool)] = _dead_workers(pool)
+            self._pool = None
+            self.restarts += 1
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, job: Any) -> None:
+        from cuts3d.pipeline.extract import run_cut_job
+
+        if self._pool is None:
+            self._pool = self._start()
+        try:
+            future = self._pool.submit(run_cut_job, job)
+        except BrokenProcessPool:  # broke since the last collection: start over once
+            self._drop(self._pool)
+            self._pool = self._start()
+            future = self._pool.submit(run_cut_job, job)
+        self._pending[future] = (next(self._order), job.result, self._pool)
+
+    def wait_first(self) -> list[tuple[dict[str, Any], dict[str, float]]]:
+        from cuts3d.pipeline.extract import _fail
+
+        done, _ = wait(list(self._pending), return_when=FIRST_COMPLETED)
+        out = []
+        for future in sorted(done, key=lambda f: self._pending[f][0]):
+            _, result, pool = self._pending.pop(future)
+            try:
+                out.append(future.result())
+            except BrokenProcessPool:
+                self._drop(pool)
+                err = CutWorkerDied(f"{self._deaths.get(id(pool)) or _dead_workers(pool)} died while this image was "
+                                    "in flight (killed, crashed or out of memory); the worker pool was restarted")
+                out.append((_fail(result, "cuts", err), {}))
+            except Exception as err:  # e.g. the job or its result could not be pickled
+                out.append((_fail(result, "cuts", err), {}))
+        return out
+
+    def close(self, abort: bool = False) -> None:
+        """Shut the pool down and wait for its processes; ``abort``: cancel queued jobs and stop running ones."""
+        pool, self._pool = self._pool, None
+        pending, self._pending = self._pending, {}
+        if pool is None:
+            return
+        if abort:
+            for future in pending:
+                future.cancel()
+            stop = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+            try:
+                if stop is not None:
+                    stop()
+                else:
+                    for process in list((getattr(pool, "_processes", None) or {}).values()):
+                        process.terminate()
+            except Exception:
+                pass  # shutdown below still waits for the running jobs
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayCutExecutor:
+    """Cut jobs as Ray tasks (``task``: ``ray.remote(num_cpus=1, max_retries=0)(run_cut_job)``).
+
+    A task that raises or whose worker dies gives its image a failed record (stage ``cuts``; a rerun retries it).
+    """
+
+    def __init__(self, task: Any, max_in_flight: int):
+        self.task = task
+        self.max_in_flight = max_in_flight
+        self._pending: dict[Any, tuple[int, dict[str, Any]]] = {}
+        self._order = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def submit(self, job: Any) -> None:
+        self._pending[self.task.remote(job)] = (next(self._order), job.result)
+
+    def wait_first(self) -> list[tuple[dict[str, Any], dict[str, float]]]:
+        import ray
+
+        from cuts3d.pipeline.extract import _fail
+
+        ready, _ = ray.wait(list(self._pending), num_returns=1)
+        out = []
+        for ref in sorted(ready, key=lambda r: self._pending[r][0]):
+            _, result = self._pending.pop(ref)
+            try:
+                record, timings = ray.get(ref)
+                out.append((record, timings))
+            except Exception as err:  # RayTaskError (the task raised), WorkerCrashedError (its worker died), ...
+                cause = getattr(err, "cause", None)
+                out.append((_fail(result, "cuts", cause if isinstance(cause, Exception) else err), {}))
+        return out
+
+    def close(self, abort: bool = False) -> None:
+        import ray
+
+        pending, self._pending = self._pending, {}
+        if abort:
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except Exception:
+                    pass
