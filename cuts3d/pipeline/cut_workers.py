@@ -218,15 +218,40 @@ class ProcessCutExecutor:
 
 
 class RayCutExecutor:
-    """Cut jobs as Ray tasks (``task``: ``ray.remote(num_cpus=1, max_retries=0)(run_cut_job)``).
+    """Cut jobs on ``workers`` Ray actors (``num_cpus=1`` each), started once per shard task.
 
-    A task that raises or whose worker dies gives its image a failed record (stage ``cuts``; a rerun retries it).
+    Actors rather than tasks: a Ray task may land on a fresh worker process (seconds to start and import torch,
+    and Ray trims idle workers), while an actor keeps its process and imports for the whole shard. Each job goes
+    to the actor with the fewest jobs queued, at most ``max_in_flight`` in all (default ``2 * workers``: one
+    being cut and one queued per actor).
+
+    An actor that dies (killed, crashed, out of memory) fails the images queued on it (stage ``cuts``, naming
+    it; a rerun retries them) and is replaced; a job that raises fails its image.
     """
 
-    def __init__(self, task: Any, max_in_flight: int):
-        self.task = task
-        self.max_in_flight = max_in_flight
-        self._pending: dict[Any, tuple[int, dict[str, Any]]] = {}
+    def __init__(self, workers: int, max_in_flight: int | None = None):
+        import ray
+
+        from cuts3d.pipeline.extract import run_cut_job
+
+        if workers < 1:
+            raise ValueError(f"Ray cut workers: need >= 1, got {workers}")
+
+        @ray.remote(num_cpus=1, max_restarts=0)
+        class CutWorker:
+            def run(self, job: Any) -> Any:
+                return run_cut_job(job)
+
+            def pid(self) -> int:
+                return os.getpid()
+
+        self._actor_class = CutWorker
+        self.workers = workers
+        self.max_in_flight = max_in_flight or 2 * workers
+        self.restarts = 0
+        self._actors = [CutWorker.remote() for _ in range(workers)]
+        self._queued = {id(a): 0 for a in self._actors}
+        self._pending: dict[Any, tuple[int, dict[str, Any], Any]] = {}
         self._order = itertools.count()
 
     @property
@@ -234,21 +259,35 @@ class RayCutExecutor:
         return len(self._pending)
 
     def submit(self, job: Any) -> None:
-        self._pending[self.task.remote(job)] = (next(self._order), job.result)
+        actor = min(self._actors, key=lambda a: self._queued[id(a)])
+        self._queued[id(actor)] += 1
+        self._pending[actor.run.remote(job)] = (next(self._order), job.result, actor)
+
+    def _replace(self, actor: Any) -> None:
+        if actor in self._actors:
+            self._actors[self._actors.index(actor)] = fresh = self._actor_class.remote()
+            self._queued[id(fresh)] = 0
+            self.restarts += 1
 
     def wait_first(self) -> list[tuple[dict[str, Any], dict[str, float]]]:
         import ray
+        from ray.exceptions import RayActorError
 
         from cuts3d.pipeline.extract import _fail
 
         ready, _ = ray.wait(list(self._pending), num_returns=1)
         out = []
         for ref in sorted(ready, key=lambda r: self._pending[r][0]):
-            _, result = self._pending.pop(ref)
+            _, result, actor = self._pending.pop(ref)
+            self._queued[id(actor)] = self._queued.get(id(actor), 1) - 1
             try:
-                record, timings = ray.get(ref)
-                out.append((record, timings))
-            except Exception as err:  # RayTaskError (the task raised), WorkerCrashedError (its worker died), ...
+                out.append(ray.get(ref))
+            except RayActorError as err:  # the actor's process died: every job queued on it fails the same way
+                self._replace(actor)
+                died = CutWorkerDied(f"Ray cut worker (actor) died while this image was in flight (killed, crashed or "
+                                     f"out of memory: {str(err).splitlines()[0]}); the worker was replaced")
+                out.append((_fail(result, "cuts", died), {}))
+            except Exception as err:  # RayTaskError: the job raised
                 cause = getattr(err, "cause", None)
                 out.append((_fail(result, "cuts", cause if isinstance(cause, Exception) else err), {}))
         return out
@@ -261,5 +300,8 @@ class RayCutExecutor:
             for ref in pending:
                 try:
                     ray.cancel(ref)
-                except Exception:
+                except Exception:  # already finished, or its actor is gone
                     pass
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []

@@ -91,7 +91,7 @@ class ExtractConfig:
             record is logged as soon as its image is done, in completion order (the merge sorts by name, so
             ``annotations.json`` is byte for byte the one of ``cut_workers=0``). A worker that dies fails the
             images in flight (stage ``cuts``; a rerun retries them) and is replaced. With ``--engine ray``
-            the cut stage runs as Ray CPU tasks (``num_cpus=1``), ``2 * K`` in flight per shard. Workers cut on
+            the cut stage runs on K Ray actors per shard (``num_cpus=1``), ``2 * K`` in flight. Workers cut on
             the CPU, where ``eigensolver=auto`` is Lanczos (on a GPU the inline cuts use torch's eigh there, so
             on a GPU machine 0 and K >= 1 are different settings and the fingerprint tells them apart; on a
             CPU a rerun with another value resumes).
@@ -446,7 +446,7 @@ def cut_and_encode(result: dict[str, Any], features: np.ndarray | torch.Tensor, 
 
 
 def run_cut_job(job: CutJob) -> tuple[dict[str, Any], dict[str, float]]:
-    """A cut worker's task (process pool or Ray): the finished record and its seconds per stage."""
+    """A cut worker's job (process pool or Ray actor): the finished record and its seconds per stage."""
     from cuts3d.pipeline.cut_workers import fault_hook, one_thread
 
     fault_hook(job.result["rel"])
@@ -514,7 +514,7 @@ def run_shard(
         progress: called with 1 per logged record (replaces the progress bar).
         cut_executor: builds the cut executor (used when ``cfg.cut_workers`` >= 1); default a
             :class:`cuts3d.pipeline.cut_workers.ProcessCutExecutor` of ``cfg.cut_workers`` processes (the Ray
-            engine passes Ray tasks).
+            engine passes :class:`cuts3d.pipeline.cut_workers.RayCutExecutor`, K Ray actors).
 
     Returns:
         the summed per-stage seconds (the workers' included) and the models (None when no image needed them).

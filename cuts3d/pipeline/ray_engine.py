@@ -1,9 +1,9 @@
 """Scale-out of extraction on a Ray cluster: each shard is one Ray task (one GPU each when the cluster has GPUs).
 
 With ``cut_workers`` K >= 1 a shard task runs only the model stage (load, ViT, depth) and hands each image's
-cut stage to a Ray CPU task (``num_cpus=1``, one thread), at most 2K in flight per shard, logging each record
-as it completes (the bounded loop of :func:`cuts3d.pipeline.extract.run_shard`); the shard task then reserves
-no CPU, so the cut tasks get all of them.
+cut stage to one of K Ray actors (``num_cpus=1``, one thread; :class:`cuts3d.pipeline.cut_workers.RayCutExecutor`),
+at most 2K in flight per shard, logging each record as it completes (the bounded loop of :func:`cuts3d.pipeline.extract.run_shard`); the shard task then reserves
+no CPU, so the cut actors get all of them.
 
 Tasks write the same crash-safe, locked shard logs as the local engine (one record per finished image), so a
 retried task resumes where the failed one stopped and the merged JSON equals a local run's. The driver shows
@@ -78,11 +78,8 @@ def extract_ray(cfg: ExtractConfig, num_shards: int, address: str | None = None,
                 executor = None
                 if workers:
                     from cuts3d.pipeline.cut_workers import RayCutExecutor
-                    from cuts3d.pipeline.extract import run_cut_job
 
-                    # no retries: a cut that kills its worker fails its image (a rerun retries it), as locally
-                    cut_task = ray.remote(num_cpus=1, max_retries=0)(run_cut_job)
-                    executor = lambda: RayCutExecutor(cut_task, max_in_flight=2 * workers)  # noqa: E731
+                    executor = lambda: RayCutExecutor(workers)  # noqa: E731
                 _, models = run_shard(config, records, index, num_shards, progress=lambda n: counter.add.remote(n),
                                       cut_executor=executor)
                 return models.metadata() if models is not None else None

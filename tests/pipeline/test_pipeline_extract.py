@@ -417,8 +417,8 @@ def test_stale_temp_files_are_cleaned_and_outputs_follow_the_umask(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ray_engine_equals_local_engine(tmp_path, monkeypatch, workers):
-    """workers=2: each shard task sends its cuts to Ray CPU tasks (2 shards x up to 4 cut tasks on 2 CPUs: the
-    shard tasks must hold no CPU); the worker of one cut task dies, its image fails, a rerun redoes it."""
+    """workers=2: each shard task sends its cuts to 2 Ray actors (2 shards x 2 actors of 1 CPU on 2 CPUs: the
+    shard tasks must hold no CPU); the actor cutting one image dies, that image fails, a rerun redoes it."""
     ray = pytest.importorskip("ray")
     import cuts3d.pipeline.ray_engine as ray_engine
     from cuts3d.pipeline.cut_workers import FAULT_EXIT_ENV
