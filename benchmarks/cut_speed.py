@@ -82,6 +82,10 @@ def _save_inputs(path: Path, args: argparse.Namespace) -> dict[str, object]:
     for i in range(args.images):
         s = make_scene(100 + i, grid=args.grid, channels=args.channels, patch_size=8)
         arrays.update({f"time{i:02d}/features": s.features, f"time{i:02d}/depth": s.depth, f"time{i:02d}/image": s.image})
+    # Multi-object timing scenes: one of each family at the same size (several masks per image, so several CRFs).
+    for i, family in enumerate(sorted(FAMILIES)):
+        s = make_family_scene(family, 100 + i, grid=args.grid, channels=args.channels, patch_size=8)
+        arrays.update({f"timf{i:02d}/features": s.features, f"timf{i:02d}/depth": s.depth, f"timf{i:02d}/image": s.image})
     families: dict[str, object] = {}
     for family in FAMILIES:
         for far in (False, True):
@@ -161,20 +165,31 @@ def main() -> None:
         masks = {label: dict(np.load(tmp / f"{label.replace(' ', '_')}.npz")) for label in runs}
 
     timed = sorted(n for n in runs["baseline"]["seconds"] if n.startswith("time"))
+    multi = sorted(n for n in runs["baseline"]["seconds"] if n.startswith("timf"))
     per_image = {label: float(np.mean([r["seconds"][n] for n in timed])) for label, r in runs.items()}
+    per_multi = {label: float(np.mean([r["seconds"][n] for n in multi])) for label, r in runs.items()}
     if runs["this tree"]["reference"]:
         per_image["reference MaskCut (dense eigh, CutLER)"] = float(np.mean(list(runs["this tree"]["reference"].values())))
     base = per_image["baseline"]
     ref = per_image.get("reference MaskCut (dense eigh, CutLER)")
     names = {"baseline": f"cuts3d defaults at {args.baseline} (baseline)", "this tree": "cuts3d defaults, this tree"}
-    rows = [f"| {names.get(k, k)} | {t:.3f} | {base / t:.2f}x | " + (f"{ref / t:.1f}x |" if ref else "- |")
-            for k, t in per_image.items()]
+    masks_per = {label: np.mean([len(masks[label][n + "/scores"]) for n in timed]) for label in runs}
+    masks_multi = {label: np.mean([len(masks[label][n + "/scores"]) for n in multi]) for label in runs}
+    rows = []
+    for k, t in per_image.items():
+        cells = [names.get(k, k), f"{t:.3f}", f"{base / t:.2f}x", f"{ref / t:.1f}x" if ref else "-"]
+        if k in runs:
+            cells += [f"{masks_per[k]:.1f}", f"{per_multi[k]:.3f}", f"{per_multi['baseline'] / per_multi[k]:.2f}x",
+                      f"{masks_multi[k]:.1f}"]
+        else:
+            cells += ["-"] * 4
+        rows.append("| " + " | ".join(cells) + " |")
 
     def same(name: str) -> bool:
         a, b = masks["baseline"], masks["this tree"]
         return a[name + "/masks"].shape == b[name + "/masks"].shape and bool(np.array_equal(a[name + "/masks"], b[name + "/masks"]))
 
-    equal_timed = sum(same(n) for n in timed)
+    equal_timed = sum(same(n) for n in timed + multi)
     sets: dict[str, list[str]] = {}
     for name in families:
         sets.setdefault(name[:-2], []).append(name)
@@ -188,11 +203,15 @@ def main() -> None:
             f"{len(timed)} timing scenes, {args.grid}x{args.grid} patches, C={args.channels}, N=3, T=6, image 480x480, "
             f"CRF: {crf}, {args.threads} thread(s) per process",
             "",
-            "| cut stage | s/image | speed-up vs baseline | speed-up vs reference |",
-            "|---|---:|---:|---:|",
+            f"Single-object scenes: {len(timed)} of make_scene; multi-object scenes: one per family, {len(multi)}, at the "
+            "same size (reference MaskCut: single-object scenes only).",
+            "",
+            "| cut stage | s/image | speed-up vs baseline | speed-up vs reference | masks/image | multi-object s/image "
+            "| speed-up vs baseline | masks/image |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
-            f"Timing scenes with identical masks: {equal_timed}/{len(timed)}.",
+            f"Timing scenes with identical masks: {equal_timed}/{len(timed) + len(multi)}.",
             "",
             f"Same masks on the synthetic families ({args.family_scenes} scenes each; AP against ground truth):",
             "",
