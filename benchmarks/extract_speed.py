@@ -38,7 +38,7 @@ from _results import append
 STAGES = ["load", "vit", "depth", "cuts", "crf", "write"]
 
 
-def single(backbone: str, data: Path, n: int, device: str = "cpu") -> dict:
+def single(backbone: str, data: Path, n: int, device: str = "cpu", cut_workers: int = 0) -> dict:
     import torch
 
     from cuts3d.pipeline.extract import ExtractConfig, run_shard
@@ -50,7 +50,7 @@ def single(backbone: str, data: Path, n: int, device: str = "cpu") -> dict:
         listing = Path(tmp) / "images.txt"
         listing.write_text("\n".join(str(p) for p in paths) + "\n")
         cfg = ExtractConfig(images=str(listing), output=str(Path(tmp) / "out"), backbone=backbone, weights="none",
-                            depth_weights="none", cache_depth=False, device=device)
+                            depth_weights="none", cache_depth=False, device=device, cut_workers=cut_workers)
         records = list_images(listing)
         # Warm-up image: model construction and first-call overheads are not per-image cost.
         run_shard(ExtractConfig.from_dict({**cfg.to_dict(), "output": str(Path(tmp) / "warm")}), records[:1], 0, 1)
@@ -234,24 +234,28 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", metavar="K",
                         help="images/s of the whole extraction by cut_workers (local engine: each K; Ray: each K >= 1)")
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="with --workers: skip the Ray engine")
+    parser.add_argument("--cut-workers", type=int, default=0,
+                        help="per-stage mode: cut_workers of the run (the cut stages then overlap the model stage; "
+                             "their seconds are summed over the workers, 'total' is wall time)")
     args = parser.parse_args()
     if args.workers:
         workers_mode(args.data, args.images or 24, args.workers, args.ray)
         return
     args.images = args.images or 8
     if args.single:
-        print(json.dumps(single(args.single, args.data, args.images, args.device)))
+        print(json.dumps(single(args.single, args.data, args.images, args.device, args.cut_workers)))
         return
     rows = []
     for b in args.backbones:
         out = subprocess.run([sys.executable, __file__, "--single", b, "--images", str(args.images), "--data", str(args.data),
-                              "--device", args.device],
+                              "--device", args.device, "--cut-workers", str(args.cut_workers)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(r, flush=True)
     header = "| backbone | " + " | ".join(STAGES) + " | total s/image | peak RSS MB | peak GPU MB |"
-    lines = [f"{rows[0]['images']} COCO val2017 images (dev128), 480 px, random weights, device {args.device}", "", header,
+    lines = [f"{rows[0]['images']} COCO val2017 images (dev128), 480 px, random weights, device {args.device}, "
+             f"cut workers {args.cut_workers}", "", header,
              "|---|" + "---:|" * (len(STAGES) + 3)]
     for r in rows:
         lines.append(f"| {r['backbone']} | " + " | ".join(f"{r[s]:.3f}" for s in STAGES)
