@@ -217,6 +217,41 @@ def test_cut_workers_give_the_bytes_of_the_inline_path(tmp_path):
     assert _running(workers) == []
 
 
+def test_images_in_flight_never_exceed_the_executors_bound(tmp_path):
+    """run_shard's one bounded loop: it waits for a finished image before handing over one more than the bound,
+    and logs every image once (an executor that cuts in this process, when asked for a result)."""
+    from cuts3d.io.images import scan_images
+    from cuts3d.pipeline.extract import run_cut_job, run_shard
+
+    class InProcess:
+        max_in_flight = 2
+
+        def __init__(self):
+            self.jobs, self.peak = [], 0
+
+        @property
+        def in_flight(self):
+            return len(self.jobs)
+
+        def submit(self, job):
+            self.jobs.append(job)
+            self.peak = max(self.peak, len(self.jobs))
+
+        def wait_first(self):
+            return [run_cut_job(self.jobs.pop(0))]
+
+        def close(self, abort=False):
+            assert not abort and not self.jobs
+
+    listing = _listing(tmp_path, _images(5))
+    cfg = _cfg(listing, tmp_path / "bounded", "cut_workers=1", "batch_size=4")
+    made = []
+    run_shard(cfg, scan_images(cfg.images).records, 0, 1, cut_executor=lambda: made.append(InProcess()) or made[-1])
+    assert made[0].peak == 2  # a batch of 4 images, 2 in flight at most
+    rels = [r["rel"] for r in read_log(shard_log_path(tmp_path / "bounded", 0, 1))]
+    assert sorted(rels) == [p.name for p in _images(5)] and len(rels) == 5
+
+
 def test_a_rerun_with_other_cut_workers_resumes(tmp_path):
     """cut_workers does not change results, so it is not in the fingerprint: another value resumes the folder."""
     from cuts3d.pipeline.fingerprint import result_settings
