@@ -41,7 +41,7 @@ def similarity_matrix(features: torch.Tensor) -> np.ndarray:
     Returns:
         (n, n) float32 S. On the CPU the product is numpy's (OpenBLAS sgemm, about twice torch's speed here).
     """
-    f = torch.nn.functional.normalize(features.float(), p=2, dim=0)
+    f = torch.nn.functional.normalize(features.detach().float(), p=2, dim=0)
     if f.device.type != "cpu":
         return (f.T @ f).cpu().numpy()
     f = f.numpy()
