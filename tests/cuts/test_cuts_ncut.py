@@ -145,3 +145,10 @@ def test_in_place_graph_equals_the_torch_graph(variant):
     np.testing.assert_array_equal(w, expected(np.zeros_like(removed)).astype(np.float32))
     remove_nodes(w, removed, 1e-5)
     np.testing.assert_array_equal(w, expected(removed).astype(np.float32))
+
+
+def test_similarity_matrix_takes_features_that_require_grad():
+    from cuts3d.cuts.affinity import similarity_matrix
+
+    f = _features(5).requires_grad_()
+    np.testing.assert_array_equal(similarity_matrix(f), similarity_matrix(f.detach()))
