@@ -24,11 +24,11 @@ import os
 import signal
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FAULT_EXIT_ENV = "CUTS3D_FAULT_CUT_WORKER_EXIT"
 """Fault injection for tests: the path of a file holding one image's ``rel``. The first cut worker to get that
@@ -42,20 +42,18 @@ class CutWorkerDied(RuntimeError):
     """A cut worker process ended (killed, crashed, out of memory) while images were in flight."""
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """torch and every BLAS/OpenMP pool on one thread inside the block (restored after it: a Ray worker process
-    may run other tasks later)."""
+_thread_limits: Any = None  # kept alive for the worker's lifetime
+
+
+def limit_threads() -> None:
+    """torch and every BLAS/OpenMP pool of this worker process on one thread, for the process's lifetime (a
+    pool worker and a Ray cut actor each own their process)."""
+    global _thread_limits
     import torch
     from threadpoolctl import threadpool_limits
 
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    _thread_limits = threadpool_limits(limits=1)
 
 
 def fault_hook(rel: str) -> None:
@@ -72,20 +70,12 @@ def fault_hook(rel: str) -> None:
     os._exit(70)
 
 
-_thread_limits: Any = None  # kept alive for the worker's lifetime
-
-
 def init_worker(parent_pid: int) -> None:
     """Initializer of a pool worker: one thread, Ctrl-C left to the parent (which shuts the pool down), and a
     watchdog that ends the worker when its parent is gone (``kill -9`` of the parent: the worker would otherwise
     wait for work forever, as it holds its queue's pipe open itself)."""
-    global _thread_limits
-    import torch
-    from threadpoolctl import threadpool_limits
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    _thread_limits = threadpool_limits(limits=1)
+    limit_threads()
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="cuts3d-parent-watch", daemon=True).start()
 
 
@@ -143,7 +133,6 @@ class ProcessCutExecutor:
             raise ValueError(f"a process pool needs >= 1 worker, got {workers}")
         self.workers = workers
         self.max_in_flight = max_in_flight or 2 * workers
-        self.restarts = 0  # pools replaced after a worker died
         self._pool: ProcessPoolExecutor | None = None
         self._pending: dict[Future, tuple[int, dict[str, Any], ProcessPoolExecutor]] = {}
         self._deaths: dict[int, str] = {}  # id(broken pool) -> its dead workers, taken before it is shut down
@@ -162,7 +151,6 @@ class ProcessCutExecutor:
         if pool is self._pool:
             self._deaths[id(pool)] = _dead_workers(pool)
             self._pool = None
-            self.restarts += 1
             pool.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, job: Any) -> None:
@@ -212,8 +200,9 @@ class ProcessCutExecutor:
                 else:
                     for process in list((getattr(pool, "_processes", None) or {}).values()):
                         process.terminate()
-            except Exception:
-                pass  # shutdown below still waits for the running jobs
+            except (OSError, ValueError) as err:  # a process already gone or closed
+                warnings.warn(f"stopping the cut workers: {err}; waiting for the jobs they run instead",
+                              RuntimeWarning, stacklevel=2)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -239,16 +228,15 @@ class RayCutExecutor:
 
         @ray.remote(num_cpus=1, max_restarts=0)
         class CutWorker:
+            def __init__(self) -> None:
+                limit_threads()
+
             def run(self, job: Any) -> Any:
                 return run_cut_job(job)
-
-            def pid(self) -> int:
-                return os.getpid()
 
         self._actor_class = CutWorker
         self.workers = workers
         self.max_in_flight = max_in_flight or 2 * workers
-        self.restarts = 0
         self._actors = [CutWorker.remote() for _ in range(workers)]
         self._queued = {id(a): 0 for a in self._actors}
         self._pending: dict[Any, tuple[int, dict[str, Any], Any]] = {}
@@ -267,7 +255,6 @@ class RayCutExecutor:
         if actor in self._actors:
             self._actors[self._actors.index(actor)] = fresh = self._actor_class.remote()
             self._queued[id(fresh)] = 0
-            self.restarts += 1
 
     def wait_first(self) -> list[tuple[dict[str, Any], dict[str, float]]]:
         import ray

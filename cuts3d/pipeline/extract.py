@@ -447,12 +447,12 @@ def cut_and_encode(result: dict[str, Any], features: np.ndarray | torch.Tensor, 
 
 def run_cut_job(job: CutJob) -> tuple[dict[str, Any], dict[str, float]]:
     """A cut worker's job (process pool or Ray actor): the finished record and its seconds per stage."""
-    from cuts3d.pipeline.cut_workers import fault_hook, one_thread
+    from cuts3d.pipeline.cut_workers import fault_hook
 
     fault_hook(job.result["rel"])
     timings: dict[str, float] = {}
-    with one_thread():  # K workers on K cores: one thread each
-        cut_and_encode(job.result, job.features, job.depth, job.small, job.shape, job.cut, timings)
+    # one thread: the worker process was limited when it started (cut_workers.limit_threads)
+    cut_and_encode(job.result, job.features, job.depth, job.small, job.shape, job.cut, timings)
     return job.result, timings
 
 
