@@ -75,8 +75,7 @@ def affinity_graph(
         return similarity
     s = torch.from_numpy(similarity)
     if binary:
-        above = s > (tau if threshold is None else threshold.to(s.device))
-        return torch.where(above, 1.0, torch.tensor(eps, dtype=s.dtype)).numpy()
+        return torch.where(_above(s, tau, threshold), 1.0, torch.tensor(eps, dtype=s.dtype)).numpy()
     return _weights(s, tau, eps, threshold, exponent).numpy()
 
 
@@ -116,8 +115,7 @@ def binarize(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.
         threshold: optional (n, n) per-edge threshold replacing ``tau`` (used by Spatial Importance,
             see :func:`cuts3d.cuts.spatial_importance.sharpened_threshold`).
     """
-    above = similarity > (tau if threshold is None else threshold)
-    return np.where(above.cpu().numpy(), 1.0, eps)
+    return np.where(_above(similarity, tau, threshold).cpu().numpy(), 1.0, eps)
 
 
 def weighted(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.Tensor | None = None,
@@ -146,5 +144,9 @@ def _weights(similarity: torch.Tensor, tau: float, eps: float, threshold: torch.
     weights = similarity.clamp(0.0, 1.0)
     if exponent is not None:
         weights = torch.pow(weights, exponent.to(device=similarity.device, dtype=similarity.dtype))
-    above = similarity > (tau if threshold is None else threshold.to(similarity.device))
-    return torch.where(above, weights, torch.full_like(weights, eps))
+    return torch.where(_above(similarity, tau, threshold), weights, torch.full_like(weights, eps))
+
+
+def _above(similarity: torch.Tensor, tau: float, threshold: torch.Tensor | None) -> torch.Tensor:
+    """MaskCut's edge set: S > tau, or S > T_ij with a per-edge threshold (Spatial Importance)."""
+    return similarity > (tau if threshold is None else threshold.to(similarity.device))

@@ -127,11 +127,15 @@ class DenseCRF:
         Returns:
             (H, W) bool refined masks, all False where rejected.
         """
-        out = []
-        for mask, labels in zip(masks, self.labels(masks)):
-            refined = ndimage.binary_fill_holes(labels >= 0.5)
-            out.append(refined if mask_iou(mask, refined) >= min_iou else np.zeros_like(refined))
-        return out
+        return [_accept(mask, labels, min_iou) for mask, labels in zip(masks, self.labels(masks))]
+
+
+def _accept(mask: np.ndarray, labels: np.ndarray, min_iou: float) -> np.ndarray:
+    """MaskCut's step after the CRF: fill the holes of ``labels``; all False when IoU with ``mask`` < ``min_iou``."""
+    refined = ndimage.binary_fill_holes(labels >= 0.5)
+    if mask_iou(mask, refined) < min_iou:
+        return np.zeros_like(refined)
+    return refined
 
 
 def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -204,7 +208,4 @@ def refine(image: np.ndarray, mask: np.ndarray, min_iou: float = 0.5, **crf_kwar
     Returns:
         (H, W) bool refined mask, all False when rejected.
     """
-    refined = ndimage.binary_fill_holes(densecrf(image, mask, **crf_kwargs) >= 0.5)
-    if mask_iou(mask, refined) < min_iou:
-        return np.zeros_like(refined)
-    return refined
+    return _accept(mask, densecrf(image, mask, **crf_kwargs), min_iou)
