@@ -5,15 +5,16 @@ the graph: W_ij = 1 where S_ij > tau_ncut, else eps. Patches found in earlier ro
 their features, which makes all their similarities 0 (their nodes stay in the graph with eps edges).
 
 Two implementations: the torch functions below (any device; MaskCut's float32/float64 steps as CutLER takes
-them) and, for CutS3D's rounds, :func:`similarity_matrix` + :func:`affinity_graph` + :func:`remove_nodes`,
-which build the float32 graph once per image in place and then only overwrite the rows and columns of removed
-patches (zeroed features give S = 0 <= tau_ncut, hence eps), instead of rebuilding float64 n x n copies every
-round (issue 12: a third of the cut stage's time).
+them) and, for CutS3D's rounds, :func:`similarity_matrix` + :func:`affinity_graph` + :class:`RoundGraph`,
+which build the float32 graph once per image in place and then take removed patches out inside the
+eigensolver's products (zeroed features give S = 0 <= tau_ncut, hence eps edges), instead of rebuilding float64
+n x n copies every round (issue 12: a third of the cut stage's time).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg.blas
 import torch
 
 
@@ -79,15 +80,86 @@ def affinity_graph(
     return _weights(s, tau, eps, threshold, exponent).numpy()
 
 
-def remove_nodes(w: np.ndarray, removed: np.ndarray, eps: float) -> None:
-    """Take ``removed`` patches ((n,) bool) out of the float32 graph ``w`` in place, as :func:`mask_out` does.
+class RoundGraph:
+    """The float32 NCut graph of one image across CutS3D's rounds, with found patches taken out lazily.
 
-    Their features would be zero, so every similarity with them is 0 <= tau_ncut (tau_ncut > 0, see
-    :meth:`cuts3d.CutConfig.validate`): their rows and columns become eps, the diagonal included.
+    Taking a patch out of the graph (MaskCut zeroes its feature) sets its row and column to eps: its
+    similarities become 0 <= tau_ncut (tau_ncut > 0, see :meth:`cuts3d.CutConfig.validate`), the diagonal
+    included. Writing those rows and columns costs a strided n x n pass per round; instead the graph ``w``
+    stays as built and the removal enters the eigensolver's products and the degrees. With k the kept
+    patches (1/0), W'_ij = k_i k_j W_ij + eps (1 - k_i k_j), so
+
+        W' v = k * (W (k * v)) + eps * (sum(v) - k * sum(k * v)),
+        deg'_i = k_i * sum_j k_j W_ij + eps * (n - k_i * |k|).
+
+    Args:
+        w: (n, n) symmetric float32 graph from :func:`affinity_graph` (kept, not modified).
+        eps: the weight of a removed patch's edges.
     """
-    idx = np.flatnonzero(removed)
-    w[idx, :] = eps
-    w[:, idx] = eps
+
+    def __init__(self, w: np.ndarray, eps: float) -> None:
+        self.w = w
+        self.eps = float(np.float32(eps))  # the value a written float32 graph would hold
+        self.keep = np.ones(w.shape[0], dtype=bool)
+        self._kept_sums: np.ndarray | None = None  # (n,) float64 sum_j k_j W_ij, built on first use
+
+    @property
+    def n(self) -> int:
+        return self.w.shape[0]
+
+    def remove(self, patches: np.ndarray) -> None:
+        """Take the patches ``patches`` ((n,) bool) out of the graph; patches already out are ignored."""
+        new = np.flatnonzero(patches & self.keep)
+        if new.size == 0:
+            return
+        if self._kept_sums is not None:
+            # W is symmetric: the columns of the new patches are their rows, read contiguously
+            self._kept_sums -= self.w[new].sum(axis=0, dtype=np.float64)
+        self.keep[new] = False
+
+    def degrees(self) -> np.ndarray:
+        """(n,) float64 degrees of the graph with the removed patches' edges at eps."""
+        if self._kept_sums is None:
+            self._kept_sums = self.w.sum(axis=1, dtype=np.float64)
+            if not self.keep.all():
+                self._kept_sums -= self.w[~self.keep].sum(axis=0, dtype=np.float64)
+        kept = int(self.keep.sum())
+        return np.where(self.keep, self._kept_sums + self.eps * (self.n - kept), self.eps * self.n)
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """W' v for a float64 (n,) vector, with one float32 symmetric product (one triangle of W read)."""
+        if self.keep.all():
+            return _symv(self.w, v.astype(np.float32)).astype(np.float64)
+        k = self.keep
+        kv = np.where(k, v, 0.0)
+        product = _symv(self.w, kv.astype(np.float32)).astype(np.float64)
+        return np.where(k, product, 0.0) + self.eps * (v.sum() - np.where(k, kv.sum(), 0.0))
+
+    def dense(self) -> np.ndarray:
+        """W' as a new (n, n) float32 array (for the solvers that take the matrix)."""
+        out = self.w.copy()
+        out[~self.keep, :] = self.eps
+        out[:, ~self.keep] = self.eps  # exact: self.eps is a float32 value
+        return out
+
+    def is_constant(self) -> bool:
+        """True when every edge of W' has the same weight (the graph carries no partition)."""
+        kept = np.flatnonzero(self.keep)
+        if kept.size == 0:
+            return True
+        first = self.w[kept[0], kept]
+        lo, hi = first.min(), first.max()
+        if lo != hi or (kept.size < self.n and lo != self.eps):
+            return False
+        if kept.size == self.n:
+            return bool(self.w.min() == lo and self.w.max() == lo)
+        block = self.w[np.ix_(kept, kept)]
+        return bool(block.min() == lo and block.max() == lo)
+
+
+def _symv(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # ssymv on the Fortran-ordered view of the symmetric graph: BLAS takes it without a copy and reads one triangle
+    return scipy.linalg.blas.ssymv(1.0, w.T, v, lower=1)
 
 
 def mask_out(similarity: torch.Tensor, removed: np.ndarray) -> torch.Tensor:

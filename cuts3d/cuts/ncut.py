@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-import scipy.linalg.blas
 import scipy.sparse.linalg
 import torch
 from scipy import ndimage
+
+from cuts3d.cuts.affinity import RoundGraph
 
 # Below this many nodes the dense solver is exact and cheap; the iterative ones need n >> k.
 _SMALL_GRAPH = 64
 
 
-def fiedler_vector(w: np.ndarray, solver: str = "dense", seed: int = 0, device: str | torch.device = "cpu") -> np.ndarray:
+def fiedler_vector(w: np.ndarray | RoundGraph, solver: str = "dense", seed: int = 0,
+                   device: str | torch.device = "cpu") -> np.ndarray:
     """Second smallest generalized eigenvector of (D - W, D).
 
     Args:
-        w: (n, n) symmetric non-negative float64 or float32 affinity with positive degrees, n >= 2. A float32
+        w: (n, n) symmetric non-negative float64 or float32 affinity with positive degrees, n >= 2, or a
+            :class:`~cuts3d.cuts.affinity.RoundGraph` (a float32 graph with patches taken out). A float32
             graph makes the Lanczos products float32 (half the memory traffic of the n x n pass that dominates
             the solve) with tolerance 1e-6 instead of 1e-8, the accuracy float32 products can give; degrees,
             the deflation and the Lanczos basis stay float64. The other solvers take it as float64.
@@ -41,13 +44,18 @@ def fiedler_vector(w: np.ndarray, solver: str = "dense", seed: int = 0, device: 
     Returns:
         (n,) float64 x with x^T D x = 1 (sign arbitrary, as for any eigenvector).
     """
-    n = w.shape[0]
+    graph = w if isinstance(w, RoundGraph) else None
+    n = graph.n if graph is not None else w.shape[0]
     if n < 2:
         raise ValueError(f"the Fiedler vector needs a graph of at least 2 nodes, got {n}")
-    single = w.dtype == np.float32 and solver == "lanczos" and n >= _SMALL_GRAPH
-    if w.dtype != np.float64 and not single:
-        w = w.astype(np.float64)
-    d = w.sum(axis=1, dtype=np.float64)
+    single = solver == "lanczos" and n >= _SMALL_GRAPH and (graph is not None or w.dtype == np.float32)
+    if single:
+        graph = graph if graph is not None else RoundGraph(w, eps=0.0)
+        d = graph.degrees()
+    else:
+        w = graph.dense() if graph is not None else w
+        w = w.astype(np.float64, copy=False)
+        d = w.sum(axis=1)
     if solver == "dense" or n < _SMALL_GRAPH:
         if n == 2:
             # eigh's subset [1, 2] needs n >= 3; for two nodes the second eigenvector is known.
@@ -61,15 +69,14 @@ def fiedler_vector(w: np.ndarray, solver: str = "dense", seed: int = 0, device: 
 
     def apply_m(v: np.ndarray) -> np.ndarray:
         # M v with M = D^-1/2 W D^-1/2 - 2 u u^T, without forming M (an n x n pass saved per solve)
-        scale = inv_sqrt_d if v.ndim == 1 else inv_sqrt_d[:, None]
         if single and v.ndim == 1:
-            # symv reads one triangle of the symmetric graph: half the memory traffic of a general product
-            product = scipy.linalg.blas.ssymv(1.0, w_t, (scale * v).astype(np.float32), lower=1)
+            product = graph.matvec(inv_sqrt_d * v)
+        elif single:
+            product = np.stack([graph.matvec(inv_sqrt_d * c) for c in v.T], axis=1)
         else:
-            product = w @ (scale * v).astype(w.dtype)
+            product = w @ ((inv_sqrt_d if v.ndim == 1 else inv_sqrt_d[:, None]) * v)
+        scale = inv_sqrt_d if v.ndim == 1 else inv_sqrt_d[:, None]
         return scale * product - 2.0 * np.outer(u, u @ v).reshape(v.shape)
-
-    w_t = w.T  # Fortran-ordered view: BLAS takes it without a copy
 
     if solver == "torch":
         wt = torch.as_tensor(w, device=device)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cuts3d.cuts.affinity import affinity_graph, binarize, cosine_similarity, remove_nodes, similarity_matrix
+from cuts3d.cuts.affinity import RoundGraph, affinity_graph, binarize, cosine_similarity, similarity_matrix
 from cuts3d.cuts.confidence import spatial_confidence
 from cuts3d.cuts.config import CutConfig
 from cuts3d.cuts.foreground import front_fraction
@@ -166,15 +166,18 @@ def segment(
     return instances
 
 
-def _fiedler(w: np.ndarray, config: CutConfig, device: torch.device) -> np.ndarray | None:
+def _fiedler(w: np.ndarray | RoundGraph, config: CutConfig, device: torch.device) -> np.ndarray | None:
     """Fiedler vector, or None when the graph carries no partition (all edges equal).
 
     CutLER solves even that degenerate problem (e.g. a blank image: every similarity above tau) and keeps
     whatever vector LAPACK returns, so maskcut with the dense solver does too.
     """
     solver = resolve_solver(config.eigensolver, device, config.method)
-    # (row 0 first: a graph whose first row varies is not constant, and the full test costs two n x n passes)
-    constant = w[0].min() == w[0].max() and w.min() == w.max()
+    if isinstance(w, RoundGraph):
+        constant = w.is_constant()
+    else:
+        # (row 0 first: a graph whose first row varies is not constant, and the full test costs two n x n passes)
+        constant = w[0].min() == w[0].max() and w.min() == w.max()
     if constant and not (config.method == "maskcut" and solver == "dense"):
         return None
     return fiedler_vector(w, solver, seed=config.seed, device=device)
@@ -244,15 +247,14 @@ def _cuts3d_rounds(
                 exponent = edge_exponents(exponents, config.si_exponent, device)
             else:
                 threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
-    w_aff = affinity_graph(similarity, config.tau_ncut, config.eps, config.affinity == "binary", threshold, exponent)
+    affinity = RoundGraph(affinity_graph(similarity, config.tau_ncut, config.eps, config.affinity == "binary",
+                                      threshold, exponent), config.eps)
     painted = np.zeros(n, dtype=bool)
-    removed = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
     for k in range(config.n_iters):
-        remove_nodes(w_aff, painted & ~removed, config.eps)  # the patches found so far leave the graph
-        removed |= painted
-        x = _fiedler(w_aff, config, device)
+        affinity.remove(painted)  # the patches found so far leave the graph
+        x = _fiedler(affinity, config, device)
         if x is None:
             break
         fg, x, _ = bipartition(x, grid)

@@ -55,8 +55,9 @@ LOCK_FILE = ".fingerprint.lock"
 #: Version of the fingerprint's contents; bump when a setting is added, so old folders read as different.
 FORMAT = 1
 #: Version of the cut stage's arithmetic; bump when a change can alter the masks of unchanged settings. 2: the
-#: float32 NCut graph and Lanczos products, the batched CRF (issue 12; equal masks up to ties).
-CUT_FORMAT = 2
+#: float32 NCut graph and Lanczos products, the batched CRF (issue 12; equal masks up to ties). 3: found patches
+#: leave the NCut graph inside the Lanczos products and degrees instead of being written into it (float rounding).
+CUT_FORMAT = 3
 #: Version of the cached depth maps (preprocessing, resizing, storage); bump when a change alters the maps.
 DEPTH_FORMAT = 1
 #: Files of an output folder that hold results of its setting (deleted by ``overwrite``).

@@ -120,7 +120,7 @@ def _features(seed: int, n: int = 300, c: int = 16) -> torch.Tensor:
 
 @pytest.mark.parametrize("variant", ["weighted", "binary", "threshold", "exponent"])
 def test_in_place_graph_equals_the_torch_graph(variant):
-    from cuts3d.cuts.affinity import affinity_graph, remove_nodes, similarity_matrix, weighted
+    from cuts3d.cuts.affinity import RoundGraph, affinity_graph, similarity_matrix, weighted
     from cuts3d.cuts.spatial_importance import edge_exponents, sharpened_threshold
 
     f = _features(3)
@@ -143,8 +143,50 @@ def test_in_place_graph_equals_the_torch_graph(variant):
     assert w.dtype == np.float32
     # the float64 graph holds float32 values (eps aside, which float32 rounds), so compare as float32
     np.testing.assert_array_equal(w, expected(np.zeros_like(removed)).astype(np.float32))
-    remove_nodes(w, removed, 1e-5)
-    np.testing.assert_array_equal(w, expected(removed).astype(np.float32))
+    graph = RoundGraph(w, 1e-5)
+    graph.remove(removed)
+    np.testing.assert_array_equal(graph.dense(), expected(removed).astype(np.float32))
+
+
+def test_round_graph_products_and_degrees_equal_the_written_graph():
+    from cuts3d.cuts.affinity import RoundGraph, affinity_graph, similarity_matrix
+
+    w = affinity_graph(similarity_matrix(_features(6)), 0.15, 1e-5)
+    graph = RoundGraph(w.copy(), 1e-5)
+    v = np.random.default_rng(7).standard_normal(w.shape[0])
+    np.testing.assert_allclose(graph.matvec(v), w.astype(np.float64) @ v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(graph.degrees(), w.sum(axis=1, dtype=np.float64))
+    removed = np.zeros(w.shape[0], dtype=bool)
+    for patches in ([0, 5, 50], [5, 7, 120, 299]):  # the second round repeats a removed patch
+        removed[patches] = True
+        graph.remove(removed)
+        dense = graph.dense().astype(np.float64)
+        assert graph.keep.sum() == (~removed).sum() and (dense[removed] == np.float32(1e-5)).all()
+        np.testing.assert_allclose(graph.matvec(v), dense @ v, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(graph.degrees(), dense.sum(axis=1), rtol=1e-12)
+        assert not graph.is_constant()
+    np.testing.assert_array_equal(graph.w, w)  # the built graph itself is never written
+
+
+def test_round_graph_constant_and_solver_paths():
+    from cuts3d.cuts.affinity import RoundGraph
+
+    n = 100
+    assert RoundGraph(np.full((n, n), 0.5, np.float32), 1e-5).is_constant()
+    w = np.full((n, n), 0.5, np.float32)
+    w[:10, :10] = np.float32(1e-5)
+    graph = RoundGraph(w, 1e-5)
+    assert not graph.is_constant()
+    graph.remove(np.arange(n) >= 10)  # what is left has eps edges only: no partition
+    assert graph.is_constant()
+    # every solver sees the same graph: lanczos through the lazy products, dense through graph.dense()
+    w = _scene_affinity(3, grid=12).astype(np.float32)
+    graph = RoundGraph(w, 1e-5)
+    graph.remove(np.arange(w.shape[0]) % 7 == 0)
+    ref = fiedler_vector(graph.dense().astype(np.float64), "dense")
+    x = fiedler_vector(graph, "lanczos")
+    np.testing.assert_allclose(np.sign(x @ ref) * x, ref, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_array_equal(fiedler_vector(graph, "dense"), ref)
 
 
 def test_similarity_matrix_takes_features_that_require_grad():

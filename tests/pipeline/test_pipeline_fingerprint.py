@@ -177,13 +177,20 @@ def test_results_of_an_earlier_cut_implementation_are_not_resumed(tmp_path):
     # folder cut by the earlier code must not be completed by this one.
     out = tmp_path / "out"
     settings = result_settings(_cfg())
-    assert settings["cut.implementation"] == 2
+    assert settings["cut.implementation"] == 3
     earlier = {k: v for k, v in settings.items() if k != "cut.implementation"}
     with claim_output(out, earlier):
         pass
     _results(out)
-    with pytest.raises(FingerprintMismatchError, match="cut.implementation: - -> 2"):
+    with pytest.raises(FingerprintMismatchError, match="cut.implementation: - -> 3"):
         claim_output(out, settings)
+    # the same for a folder of the second version (float rounding of the graph's removed patches changed)
+    out2 = tmp_path / "out2"
+    with claim_output(out2, {**settings, "cut.implementation": 2}):
+        pass
+    _results(out2)
+    with pytest.raises(FingerprintMismatchError, match="cut.implementation: 2 -> 3"):
+        claim_output(out2, settings)
 
 
 def test_cut_workers_record_the_solver_they_run():
