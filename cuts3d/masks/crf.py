@@ -105,10 +105,11 @@ class DenseCRF:
             return np.asarray(messages)
 
         ones = filtered(np.ones((K, N), np.float32))[0].copy()
-        fg, bg = _normalize(-unary[:, 1], -unary[:, 0])
+        neg_fg, neg_bg = -unary[:, 1], -unary[:, 0]
+        fg, bg = _normalize(neg_fg, neg_bg)
         for _ in range(self.iters):
             message = filtered(fg)
-            new_fg, bg = _normalize(-unary[:, 1] + message, -unary[:, 0] + (ones - message))
+            new_fg, bg = _normalize(neg_fg + message, neg_bg + (ones - message))
             # A float fixed point: each update is a deterministic function of Q (per channel), so every further
             # iteration would return these same bits; stopping here gives exactly the result of all iterations.
             converged = _bitwise_equal(new_fg, fg)

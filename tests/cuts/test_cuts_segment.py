@@ -169,6 +169,12 @@ def test_bad_inputs_raise_clear_errors():
         segment(np.ones((4, 5, 5)), np.ones((5, 5)), np.ones((10, 10, 3)))
     with pytest.raises(ValueError, match="NaN"):
         segment(np.full((4, 5, 5), np.nan), np.ones((5, 5)))
+    # every feature dtype and layout a backbone may return is checked: strided, half precision, with grad
+    bad = torch.ones(5, 5, 4)
+    bad[2, 3, 1] = float("inf")
+    for features in (bad.permute(2, 0, 1), bad.permute(2, 0, 1).bfloat16(), bad.permute(2, 0, 1).requires_grad_()):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            segment(features, np.ones((5, 5)))
     with pytest.raises(ValueError, match="method"):
         CutConfig(method="ncut")
     with pytest.raises(ValueError, match="unknown CutConfig keys"):
