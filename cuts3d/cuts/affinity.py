@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg.blas
 import torch
+from numba import njit
 
 
 def cosine_similarity(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -66,6 +67,30 @@ def affinity_graph(
     Returns:
         (n, n) float32 W: the values of :func:`binarize` / :func:`weighted` (which return them as float64).
     """
+    return _graph_and_degrees(similarity, tau, eps, binary, threshold, exponent)[0]
+
+
+def round_graph(
+    similarity: np.ndarray,
+    tau: float,
+    eps: float,
+    binary: bool = False,
+    threshold: torch.Tensor | None = None,
+    exponent: torch.Tensor | None = None,
+) -> RoundGraph:
+    """:func:`affinity_graph` as a :class:`RoundGraph` for CutS3D's rounds (with its degrees when they come
+    from the same pass over the matrix)."""
+    w, degrees = _graph_and_degrees(similarity, tau, eps, binary, threshold, exponent)
+    return RoundGraph(w, eps, degrees)
+
+
+def _graph_and_degrees(similarity, tau, eps, binary, threshold, exponent) -> tuple[np.ndarray, np.ndarray | None]:
+    if threshold is None and exponent is None and similarity.dtype == np.float32 and similarity.flags.c_contiguous:
+        # one pass, and the float64 row sums on the way. The comparison is numpy's for a float32 array and a
+        # Python float (the threshold is taken as float32); eps and 1 are float32 values too.
+        degrees = np.empty(similarity.shape[0], np.float64)
+        _threshold_rows(similarity, np.float32(tau), np.float32(eps), binary, degrees)
+        return similarity, degrees
     if threshold is None and exponent is None:
         below = similarity <= tau
         if binary:
@@ -73,11 +98,29 @@ def affinity_graph(
         else:
             np.minimum(similarity, 1.0, out=similarity)  # above tau > 0 the lower clip is a no-op
         np.putmask(similarity, below, eps)
-        return similarity
+        return similarity, None
     s = torch.from_numpy(similarity)
     if binary:
-        return torch.where(_above(s, tau, threshold), 1.0, torch.tensor(eps, dtype=s.dtype)).numpy()
-    return _weights(s, tau, eps, threshold, exponent).numpy()
+        return torch.where(_above(s, tau, threshold), 1.0, torch.tensor(eps, dtype=s.dtype)).numpy(), None
+    return _weights(s, tau, eps, threshold, exponent).numpy(), None
+
+
+@njit(cache=True)
+def _threshold_rows(s, tau, eps, binary, degrees):
+    """In place: s_ij <= tau -> eps, else min(s_ij, 1) (1 if ``binary``); degrees[i] = sum_j of row i (float64)."""
+    n, m = s.shape
+    one = np.float32(1.0)
+    for i in range(n):
+        total = 0.0
+        for j in range(m):
+            x = s[i, j]
+            if x <= tau:
+                x = eps
+            elif binary or x > one:
+                x = one
+            s[i, j] = x
+            total += np.float64(x)
+        degrees[i] = total
 
 
 class RoundGraph:
@@ -95,13 +138,15 @@ class RoundGraph:
     Args:
         w: (n, n) symmetric float32 graph from :func:`affinity_graph` (kept, not modified).
         eps: the weight of a removed patch's edges.
+        degrees: (n,) float64 row sums of ``w`` if already known.
     """
 
-    def __init__(self, w: np.ndarray, eps: float) -> None:
+    def __init__(self, w: np.ndarray, eps: float, degrees: np.ndarray | None = None) -> None:
         self.w = w
         self.eps = float(np.float32(eps))  # the value a written float32 graph would hold
         self.keep = np.ones(w.shape[0], dtype=bool)
-        self._kept_sums: np.ndarray | None = None  # (n,) float64 sum_j k_j W_ij, built on first use
+        # (n,) float64 sum_j k_j W_ij: the degrees of ``w`` when given, else built on first use
+        self._kept_sums: np.ndarray | None = None if degrees is None else np.array(degrees, np.float64)
 
     @property
     def n(self) -> int:

@@ -96,8 +96,8 @@ class CutConfig:
             copy-paste. Not in the paper; False gives the paper's score. Chosen by measurement.
         max_iou_prev: MaskCut drops a mask whose IoU with the previous round's mask exceeds this (0.5).
         min_area: MaskCut drops a mask covering at most this fraction of the patch grid (0.01).
-        crf: refine each mask with a dense CRF when an image is given (needs ``pip install cuts3d[crf]``;
-            without it refinement is skipped with a warning).
+        crf: refine each mask with a dense CRF when an image is given (cuts3d's own compiled copy of
+            pydensecrf's arithmetic, :class:`cuts3d.masks.crf.DenseCRF`).
         crf_iters, crf_pos_xy, crf_pos_w, crf_bi_xy, crf_bi_rgb, crf_bi_w: MaskCut's dense CRF settings
             (10 iterations, Gaussian sxy 3 compat 7, bilateral sxy 50 srgb 5 compat 10).
         crf_min_iou: a mask whose CRF result has IoU below this with the mask before the CRF is dropped (0.5).

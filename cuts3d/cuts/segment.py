@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from cuts3d.cuts.affinity import RoundGraph, affinity_graph, binarize, cosine_similarity, similarity_matrix
+from cuts3d.cuts.affinity import RoundGraph, binarize, cosine_similarity, round_graph, similarity_matrix
 from cuts3d.cuts.confidence import spatial_confidence
 from cuts3d.cuts.config import CutConfig
 from cuts3d.cuts.foreground import front_fraction
@@ -39,7 +39,7 @@ from cuts3d.cuts.localcut import knn_graph, localcut
 from cuts3d.cuts.ncut import bipartition, fiedler_vector, resolve_solver, seed_component
 from cuts3d.cuts.pointcloud import depth_to_grid, unproject
 from cuts3d.cuts.spatial_importance import edge_exponents, sharpened_threshold, si_exponents, spatial_importance
-from cuts3d.masks.crf import DenseCRF, crf_available, warn_crf_missing
+from cuts3d.masks.crf import DenseCRF
 from cuts3d.masks.filters import mask_iou, passes_maskcut_filters, upsample_nearest
 
 
@@ -250,8 +250,7 @@ def _cuts3d_rounds(
                 exponent = edge_exponents(exponents, config.si_exponent, device)
             else:
                 threshold = sharpened_threshold(exponents, config.tau_ncut, config.si_exponent, device)
-    affinity = RoundGraph(affinity_graph(similarity, config.tau_ncut, config.eps, config.affinity == "binary",
-                                      threshold, exponent), config.eps)
+    affinity = round_graph(similarity, config.tau_ncut, config.eps, config.affinity == "binary", threshold, exponent)
     painted = np.zeros(n, dtype=bool)
     previous = None
     cuts: list[_Cut] = []
@@ -313,9 +312,6 @@ def _sink(points: np.ndarray, x: np.ndarray, source: int, mode: str) -> int:
 def _finalize(cuts: list[_Cut], out_shape: tuple[int, int], image: np.ndarray | None, config: CutConfig) -> list[Instance]:
     """Upsample, remove overlap with earlier masks, CRF-refine and drop empty masks (spec 2.4-2.5)."""
     use_crf = config.crf and image is not None
-    if use_crf and not crf_available():
-        warn_crf_missing()
-        use_crf = False
     taken = np.zeros(out_shape, dtype=bool)
     upsampled = []
     for c in cuts:

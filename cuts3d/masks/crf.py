@@ -4,14 +4,16 @@ Two-label fully connected CRF (Kraehenbuehl & Koltun) on the image: unary from s
 bilinearly resized mask, a Gaussian smoothness term and a bilateral appearance term, mean-field inference,
 argmax. Holes are filled, and the mask is rejected when the refined mask has IoU < 0.5 with the input.
 
-The CRF comes from ``pydensecrf2`` (a maintained, Cython-3-compatible fork of pydensecrf; it builds from
-source). It is optional: ``pip install "cuts3d[crf]"``.
+:class:`DenseCRF` (what ``segment`` runs) computes pydensecrf's lattices and filters bit for bit with its own
+compiled code (:mod:`cuts3d.masks.lattice`), so it needs no C++ compiler. :func:`densecrf` is CutLER's exact
+call of pydensecrf itself (``pydensecrf2``, a maintained fork that builds from source with ``pip install
+"cuts3d[crf]"``), kept as the reference the tests and :mod:`cuts3d.cuts.reference` compare against.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,35 +21,30 @@ import torch
 from scipy import ndimage
 
 from cuts3d.masks.filters import mask_iou
+from cuts3d.masks.lattice import Lattice, pixel_features, potts_messages
 
 _MISSING_HINT = (
-    "dense CRF refinement needs pydensecrf2, which is not installed; install it with "
-    "`pip install \"cuts3d[crf]\"` (needs a C++ compiler) or set crf=False"
+    "the reference dense CRF (CutLER's call of pydensecrf) needs pydensecrf2, which is not installed; install it "
+    "with `pip install \"cuts3d[crf]\"` (needs a C++ compiler). cuts3d's own CRF (DenseCRF) does not need it"
 )
 
 
 def crf_available() -> bool:
-    """True when pydensecrf2 can be imported."""
+    """True when pydensecrf2, the reference CRF of :func:`densecrf`, can be imported."""
     return importlib.util.find_spec("pydensecrf") is not None
-
-
-def warn_crf_missing() -> None:
-    """Warn (once per call site) that CRF refinement is skipped."""
-    warnings.warn(_MISSING_HINT + "; CRF refinement is skipped", RuntimeWarning, stacklevel=3)
 
 
 class DenseCRF:
     """The two-label dense CRF of one image, run for all of its masks at once.
 
     Mean-field inference is pydensecrf's (Kraehenbuehl's code: same lattices, kernels, normalisation and
-    update), organised for many two-label problems on one image:
+    update, reproduced bit for bit by :mod:`cuts3d.masks.lattice`), organised for many two-label problems on one
+    image:
 
-    - the pairwise kernels (the permutohedral lattices, about a quarter of one 480 x 480 refinement) depend on
-      the image only and are built once;
+    - the pairwise kernels (permutohedral lattices) depend on the image only and are built once; the Gaussian
+      (position) kernel depends on the image size only and is kept for the next image of that size;
     - the kernels are linear and Q_bg = 1 - Q_fg, so filtering Q_bg equals filter(1) - filter(Q_fg): one
-      channel per mask is filtered instead of two, and the K masks are filtered together as K channels of one
-      lattice pass (pydensecrf's ``stepInference`` on a K-label CRF without unaries returns exactly the
-      summed, weighted Potts messages of each channel).
+      channel per mask is filtered instead of two, and the K masks are filtered together as K channels.
 
     Mean-field often reaches a float32 fixed point (Q unchanged to the bit) before ``iters``; inference stops
     there, which changes nothing, as every later iteration would repeat it.
@@ -65,10 +62,9 @@ class DenseCRF:
 
     def __init__(self, image: np.ndarray, iters: int = 10, pos_xy: float = 3.0, pos_w: float = 7.0,
                  bi_xy: float = 50.0, bi_rgb: float = 5.0, bi_w: float = 10.0) -> None:
-        if not crf_available():
-            raise ImportError(_MISSING_HINT)
-        # pydensecrf needs a writable C-contiguous buffer; arrays from PIL (np.asarray) are read-only.
-        self.image = np.require(image, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        self.image = np.ascontiguousarray(image, dtype=np.uint8)
+        if self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ValueError(f"the CRF needs an (H, W, 3) uint8 RGB image, got shape {self.image.shape}")
         self.iters = iters
         self.kernels = dict(pos_xy=pos_xy, pos_w=pos_w, bi_xy=bi_xy, bi_rgb=bi_rgb, bi_w=bi_w)
 
@@ -83,32 +79,18 @@ class DenseCRF:
         """
         if not masks:
             return []
-        import pydensecrf.densecrf as dcrf
-        import pydensecrf.eigen as eigen
-
         H, W = self.image.shape[:2]
         K, N = len(masks), H * W
         unary = np.stack([_unary(m, H, W) for m in masks])  # (K, 2, N): background, foreground
         k = self.kernels
-        crf = dcrf.DenseCRF2D(W, H, K)  # one label per mask: its foreground channel
-        crf.addPairwiseGaussian(sxy=k["pos_xy"], compat=k["pos_w"])
-        crf.addPairwiseBilateral(sxy=k["bi_xy"], srgb=k["bi_rgb"], rgbim=self.image, compat=k["bi_w"])
-        q_eigen, _, _ = crf.startInference()
-        # Sized buffers: stepInference resizes them to (K, N) in place, so numpy views of them stay valid.
-        messages = eigen.matrixXf(np.zeros((K, N), np.float32))
-        scratch = eigen.matrixXf(np.zeros((K, N), np.float32))
-
-        def filtered(q: np.ndarray) -> np.ndarray:
-            # sum over kernels of w_k * filter_k(q) per channel (Potts messages; no unary is set)
-            np.asarray(q_eigen)[:] = q
-            crf.stepInference(q_eigen, messages, scratch)
-            return np.asarray(messages)
-
-        ones = filtered(np.ones((K, N), np.float32))[0].copy()
+        # in the order pydensecrf adds them (MaskCut: Gaussian, then bilateral), which its sum follows
+        kernels = [(_position_lattice(H, W, k["pos_xy"]), k["pos_w"]),
+                   (Lattice.build(pixel_features(self.image, k["bi_xy"], k["bi_rgb"])), k["bi_w"])]
+        ones = potts_messages(kernels, np.ones((1, N), np.float32))[0]
         neg_fg, neg_bg = -unary[:, 1], -unary[:, 0]
         fg, bg = _normalize(neg_fg, neg_bg)
         for _ in range(self.iters):
-            message = filtered(fg)
+            message = potts_messages(kernels, fg)
             new_fg, bg = _normalize(neg_fg + message, neg_bg + (ones - message))
             # A float fixed point: each update is a deterministic function of Q (per channel), so every further
             # iteration would return these same bits; stopping here gives exactly the result of all iterations.
@@ -131,6 +113,12 @@ class DenseCRF:
         return [_accept(mask, labels, min_iou) for mask, labels in zip(masks, self.labels(masks))]
 
 
+@functools.lru_cache(maxsize=2)
+def _position_lattice(H: int, W: int, sxy: float) -> Lattice:
+    """The Gaussian kernel's lattice depends on the image size only (images of a dataset share few sizes)."""
+    return Lattice.build(pixel_features(np.zeros((H, W, 3), np.uint8), sxy))
+
+
 def _accept(mask: np.ndarray, labels: np.ndarray, min_iou: float) -> np.ndarray:
     """MaskCut's step after the CRF: fill the holes of ``labels``; all False when IoU with ``mask`` < ``min_iou``."""
     refined = ndimage.binary_fill_holes(labels >= 0.5)
@@ -144,13 +132,16 @@ def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _unary(mask: np.ndarray, H: int, W: int) -> np.ndarray:
-    """(2, H * W) float32 unary energies -log softmax([1 - m, m]) of the mask resized bilinearly to (H, W)."""
-    from pydensecrf.utils import unary_from_softmax
+    """(2, H * W) float32 unary energies -log softmax([1 - m, m]) of the mask resized bilinearly to (H, W).
 
+    As CutLER computes them: pydensecrf's ``unary_from_softmax`` (probabilities clipped to [1e-5, 1], negative
+    log in float64, then float32).
+    """
     fg = torch.as_tensor(np.asarray(mask, dtype=np.float64))[None]
     logits = torch.cat([1.0 - fg, fg])[None]
     logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0]
-    return np.ascontiguousarray(unary_from_softmax(torch.softmax(logits, dim=0).numpy()))
+    probs = np.clip(torch.softmax(logits, dim=0).numpy(), 1e-5, 1.0)
+    return np.ascontiguousarray((-np.log(probs)).reshape(2, -1).astype(np.float32))
 
 
 def _normalize(fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

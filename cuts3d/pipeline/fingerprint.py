@@ -177,7 +177,6 @@ def _cut_settings(cfg: ExtractConfig) -> dict[str, Any]:
     import torch
 
     from cuts3d.cuts.ncut import resolve_solver
-    from cuts3d.masks.crf import crf_available
 
     cut = _floats_as_declared(cfg.cut)
     cut.pop("device")  # where it runs is not a setting; what it makes the solver do is (below)
@@ -191,8 +190,7 @@ def _cut_settings(cfg: ExtractConfig) -> dict[str, Any]:
     if cfg.cut_workers >= 1:
         kind = "cpu"  # cut workers run on the CPU (cuts3d.pipeline.extract.worker_cut_config)
     cut["eigensolver"] = resolve_solver(cfg.cut.eigensolver, kind, cfg.cut.method)
-    # Without pydensecrf2 the CRF is skipped with a warning: record what runs, not what was asked for.
-    cut["crf"] = bool(cfg.cut.crf) and crf_available()
+    cut["crf"] = bool(cfg.cut.crf)
     cut["implementation"] = CUT_FORMAT
     return cut
 
