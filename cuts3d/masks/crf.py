@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage
 
 from cuts3d.masks.filters import mask_iou
-from cuts3d.masks.lattice import Lattice, pixel_features, potts_messages
+from cuts3d.masks.lattice import Lattice, mean_field, pixel_features
 
 _MISSING_HINT = (
     "the reference dense CRF (CutLER's call of pydensecrf) needs pydensecrf2, which is not installed; install it "
@@ -68,6 +68,14 @@ class DenseCRF:
         self.iters = iters
         self.kernels = dict(pos_xy=pos_xy, pos_w=pos_w, bi_xy=bi_xy, bi_rgb=bi_rgb, bi_w=bi_w)
 
+    def pairwise(self) -> list[tuple[Lattice, float]]:
+        """(lattice, weight) of the Gaussian and the bilateral kernel, in the order pydensecrf adds them
+        (MaskCut: Gaussian first), which its sum of messages follows."""
+        H, W = self.image.shape[:2]
+        k = self.kernels
+        return [(_position_lattice(H, W, k["pos_xy"]), k["pos_w"]),
+                (Lattice.build(pixel_features(self.image, k["bi_xy"], k["bi_rgb"])), k["bi_w"])]
+
     def labels(self, masks: Sequence[np.ndarray]) -> list[np.ndarray]:
         """MAP labelling of each mask's CRF.
 
@@ -82,22 +90,7 @@ class DenseCRF:
         H, W = self.image.shape[:2]
         K, N = len(masks), H * W
         unary = np.stack([_unary(m, H, W) for m in masks])  # (K, 2, N): background, foreground
-        k = self.kernels
-        # in the order pydensecrf adds them (MaskCut: Gaussian, then bilateral), which its sum follows
-        kernels = [(_position_lattice(H, W, k["pos_xy"]), k["pos_w"]),
-                   (Lattice.build(pixel_features(self.image, k["bi_xy"], k["bi_rgb"])), k["bi_w"])]
-        ones = potts_messages(kernels, np.ones((1, N), np.float32))[0]
-        neg_fg, neg_bg = -unary[:, 1], -unary[:, 0]
-        fg, bg = _normalize(neg_fg, neg_bg)
-        for _ in range(self.iters):
-            message = potts_messages(kernels, fg)
-            new_fg, bg = _normalize(neg_fg + message, neg_bg + (ones - message))
-            # A float fixed point: each update is a deterministic function of Q (per channel), so every further
-            # iteration would return these same bits; stopping here gives exactly the result of all iterations.
-            converged = _bitwise_equal(new_fg, fg)
-            fg = new_fg
-            if converged:
-                break
+        fg, bg, _ = mean_field(self.pairwise(), -unary[:, 1], -unary[:, 0], self.iters)
         return [(fg[i] > bg[i]).reshape(H, W).astype(np.float32) for i in range(K)]  # argmax: ties go to 0
 
     def refine(self, masks: Sequence[np.ndarray], min_iou: float = 0.5) -> list[np.ndarray]:
@@ -127,10 +120,6 @@ def _accept(mask: np.ndarray, labels: np.ndarray, min_iou: float) -> np.ndarray:
     return refined
 
 
-def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.array_equal(a, b))
-
-
 def _unary(mask: np.ndarray, H: int, W: int) -> np.ndarray:
     """(2, H * W) float32 unary energies -log softmax([1 - m, m]) of the mask resized bilinearly to (H, W).
 
@@ -142,14 +131,6 @@ def _unary(mask: np.ndarray, H: int, W: int) -> np.ndarray:
     logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0]
     probs = np.clip(torch.softmax(logits, dim=0).numpy(), 1e-5, 1.0)
     return np.ascontiguousarray((-np.log(probs)).reshape(2, -1).astype(np.float32))
-
-
-def _normalize(fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # pydensecrf's expAndNormalize for two labels, in its order of float32 operations
-    top = np.maximum(fg, bg)
-    e_fg, e_bg = np.exp(fg - top), np.exp(bg - top)
-    total = e_bg + e_fg
-    return e_fg / total, e_bg / total
 
 
 def densecrf(

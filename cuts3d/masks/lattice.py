@@ -56,12 +56,20 @@ class Lattice:
             raise ValueError(f"the lattice takes features of 1 to {_MAX_DIMS} dimensions, got {features.shape[1]}")
         offset, weights, neighbors = _build(features)
         ones = np.ones((1, features.shape[0]), np.float32)
-        norm = _symmetric_norm(_filter(offset, weights, neighbors, ones[0], ones)[0])
+        filtered = np.zeros_like(ones)
+        _filter(offset, weights, neighbors, ones[0], ones, np.float32(1.0), filtered)  # without normalisation
+        norm = _symmetric_norm(filtered[0])
         return cls(offset, weights, neighbors, features.shape[0], norm)
 
     def filter(self, values: np.ndarray) -> np.ndarray:
         """Symmetrically normalised filter of ``values`` ((K, N) float32): norm * L(norm * values) per channel."""
-        return _filter(self.offset, self.weights, self.neighbors, self.norm, np.ascontiguousarray(values, np.float32))
+        out = np.zeros(values.shape, np.float32)
+        self.add_filtered(np.ascontiguousarray(values, np.float32), 1.0, out)
+        return out
+
+    def add_filtered(self, values: np.ndarray, weight: float, out: np.ndarray) -> None:
+        """out += weight * filter(values), in float32 (``values``, ``out``: (K, N) float32 C-contiguous)."""
+        _filter(self.offset, self.weights, self.neighbors, self.norm, values, np.float32(weight), out)
 
 
 def pixel_features(image: np.ndarray, sxy: float, srgb: float | None = None) -> np.ndarray:
@@ -96,7 +104,7 @@ def potts_messages(kernels: list[tuple[Lattice, float]], q: np.ndarray) -> np.nd
     total = np.zeros_like(q)
     for lattice, weight in kernels:
         # stepInference: tmp1 -= (-w) * filter(q), i.e. tmp1 + w * filter(q), exactly, in float32
-        total += np.float32(weight) * lattice.filter(q)
+        lattice.add_filtered(q, weight, total)
     return total
 
 
@@ -275,19 +283,16 @@ def _build(features):
 
 
 @njit(cache=True)
-def _filter(offset, weights, neighbors, norm, values_in):
-    """pydensecrf's ``seqCompute`` of each row of ``values_in`` ((K, N) float32), scaled by ``norm`` ((N,)
-    float32) before and after (its symmetric normalisation; ones for none). Channels are independent in
-    ``seqCompute``, so they are filtered one after another."""
-    n_channels, n = values_in.shape
-    out = np.empty((n_channels, n), np.float32)
-    for c in range(n_channels):
-        _filter_channel(offset, weights, neighbors, norm, values_in[c], out[c])
-    return out
+def _filter(offset, weights, neighbors, norm, values_in, weight, out):
+    """out += weight * norm * L(norm * values_in) for each row of ``values_in`` ((K, N) float32), L being
+    pydensecrf's ``seqCompute`` (``norm``: (N,) float32, its symmetric normalisation; ones for none). Channels are
+    independent in ``seqCompute``, so they are filtered one after another."""
+    for c in range(values_in.shape[0]):
+        _filter_channel(offset, weights, neighbors, norm, values_in[c], weight, out[c])
 
 
 @njit(cache=True)
-def _filter_channel(offset, weights, neighbors, norm, v, out):
+def _filter_channel(offset, weights, neighbors, norm, v, weight, out):
     n = v.shape[0]
     d1 = offset.shape[1]
     m = neighbors.shape[1]
@@ -310,4 +315,127 @@ def _filter_channel(offset, weights, neighbors, norm, v, out):
         acc = np.float32(0.0)
         for j in range(d1):
             acc = acc + weights[i, j] * values[offset[i, j] + 1] * alpha
-        out[i] = acc * norm[i]
+        out[i] = out[i] + weight * (acc * norm[i])
+
+
+def mean_field(kernels: list[tuple[Lattice, float]], neg_fg: np.ndarray, neg_bg: np.ndarray, iters: int,
+               stop_at_fixed_point: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean-field inference of K independent two-label dense CRFs that share two kernels (one image, K masks).
+
+    Each iteration is pydensecrf's ``stepInference`` for two labels with Q_bg = 1 - Q_fg: message =
+    filter(Q_fg) (both kernels, as :func:`potts_messages`), then ``expAndNormalize`` of
+    (-U_fg + message, -U_bg + filter(1) - message) in float32. Slicing the filtered values, the update and the
+    splatting of the new Q for the next iteration run in one pass over the pixels (the lattice tables are read
+    once per iteration instead of twice).
+
+    A channel stops when an iteration leaves its Q unchanged to the bit (``stop_at_fixed_point``): every later
+    iteration would repeat the same values, so the result is exactly that of all ``iters`` iterations.
+
+    Args:
+        kernels: two (lattice, weight) pairs, in the order pydensecrf adds them.
+        neg_fg, neg_bg: (K, N) float32 negated unary energies of foreground and background.
+        iters: mean-field iterations.
+
+    Returns:
+        ``(q_fg, q_bg, iterations)``: (K, N) float32 each, and the (K,) iterations each channel ran.
+    """
+    if len(kernels) != 2:
+        raise ValueError(f"mean_field takes the CRF's two kernels (Gaussian, bilateral), got {len(kernels)}")
+    (l1, k1), (l2, k2) = kernels
+    neg_fg = np.ascontiguousarray(neg_fg, np.float32)
+    neg_bg = np.ascontiguousarray(neg_bg, np.float32)
+    ones = potts_messages(kernels, np.ones((1, neg_fg.shape[1]), np.float32))[0]
+    q_fg, q_bg = np.empty_like(neg_fg), np.empty_like(neg_bg)
+    counts = _mean_field(l1.offset, l1.weights, l1.neighbors, l1.norm, np.float32(k1),
+                         l2.offset, l2.weights, l2.neighbors, l2.norm, np.float32(k2),
+                         neg_fg, neg_bg, ones, iters, stop_at_fixed_point, q_fg, q_bg)
+    return q_fg, q_bg, counts
+
+
+@njit(cache=True, inline="always")
+def _normalized_pair(a, b):
+    # pydensecrf's expAndNormalize for two labels, in its order of float32 operations
+    top = a if a >= b else b
+    e_a = np.exp(a - top)
+    e_b = np.exp(b - top)
+    total = e_b + e_a
+    return e_a / total, e_b / total
+
+
+@njit(cache=True, inline="always")
+def _splat_point(offset, weights, norm, i, x, values):
+    x = x * norm[i]
+    for j in range(offset.shape[1]):
+        o = offset[i, j] + 1
+        values[o] = values[o] + weights[i, j] * x
+
+
+@njit(cache=True, inline="always")
+def _slice_point(offset, weights, values, alpha, i):
+    acc = np.float32(0.0)
+    for j in range(offset.shape[1]):
+        acc = acc + weights[i, j] * values[offset[i, j] + 1] * alpha
+    return acc
+
+
+@njit(cache=True)
+def _blur(neighbors, values, scratch):
+    """pydensecrf's blur along every axis; the result is left in ``values`` (``scratch`` is overwritten)."""
+    d1, m = neighbors.shape[0], neighbors.shape[1]
+    src, dst = values, scratch
+    for j in range(d1):
+        for i in range(m):
+            a = src[neighbors[j, i, 0] + 1]
+            b = src[neighbors[j, i, 1] + 1]
+            dst[i + 1] = np.float32(np.float64(src[i + 1]) + 0.5 * np.float64(a + b))
+        src, dst = dst, src
+    if d1 % 2 == 1:
+        values[:] = scratch
+
+
+@njit(cache=True)
+def _mean_field(o1, w1, n1, norm1, k1, o2, w2, n2, norm2, k2, neg_fg, neg_bg, ones, iters, stop, q_fg, q_bg):
+    n_channels, n = neg_fg.shape
+    alpha1 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(o1.shape[1] - 1)))
+    alpha2 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(o2.shape[1] - 1)))
+    a1 = np.zeros(n1.shape[1] + 2, np.float32)
+    b1 = np.zeros(n1.shape[1] + 2, np.float32)
+    a2 = np.zeros(n2.shape[1] + 2, np.float32)
+    b2 = np.zeros(n2.shape[1] + 2, np.float32)
+    zero = np.float32(0.0)
+    counts = np.zeros(n_channels, np.int64)
+    for c in range(n_channels):
+        fg, bg = q_fg[c], q_bg[c]
+        a1[:] = 0.0
+        a2[:] = 0.0
+        for i in range(n):
+            f, g = _normalized_pair(neg_fg[c, i], neg_bg[c, i])
+            fg[i] = f
+            bg[i] = g
+            if iters > 0:
+                _splat_point(o1, w1, norm1, i, f, a1)
+                _splat_point(o2, w2, norm2, i, f, a2)
+        for it in range(iters):
+            _blur(n1, a1, b1)
+            _blur(n2, a2, b2)
+            b1[:] = 0.0
+            b2[:] = 0.0
+            last = it + 1 == iters
+            changed = False
+            for i in range(n):
+                message = zero + k1 * (_slice_point(o1, w1, a1, alpha1, i) * norm1[i])
+                message = message + k2 * (_slice_point(o2, w2, a2, alpha2, i) * norm2[i])
+                f, g = _normalized_pair(neg_fg[c, i] + message, neg_bg[c, i] + (ones[i] - message))
+                if f != fg[i]:
+                    changed = True
+                fg[i] = f
+                bg[i] = g
+                if not last:
+                    _splat_point(o1, w1, norm1, i, f, b1)
+                    _splat_point(o2, w2, norm2, i, f, b2)
+            a1, b1 = b1, a1
+            a2, b2 = b2, a2
+            counts[c] = it + 1
+            if stop and not changed:
+                break
+    return counts
