@@ -173,7 +173,7 @@ def _build(features):
     table = np.zeros((capacity, 2), np.int64)  # grows to stay at most half full
     keys = np.empty((n_pad * d1, d), np.int16)  # pydensecrf's keys are shorts too
     filled = 0
-    simplex = np.zeros((2, d1), np.int64)  # (rem0, rank) of the previous feature
+    simplex = np.zeros((2, d1), np.int64)  # (rem0, rank) as integers
     inv_std_dev = np.float32(np.sqrt(2.0 / 3.0) * d1)
     scale = np.empty(d, np.float32)
     for i in range(d):
@@ -233,19 +233,10 @@ def _build(features):
         bary[0] = bary[0] + (one + bary[d1])
         for r in range(d1):
             weights[k, r] = bary[r]
-        # The vertices follow from (rem0, rank). Neighbouring pixels often lie in the same simplex: then they
-        # are the previous pixel's, found without the table.
-        same_simplex = k > 0
+        # the simplex's vertices, entered in the table in the order they are met
         for i in range(d1):
-            ir, rk = int(rem0[i]), int(rank[i])
-            if ir != simplex[0, i] or rk != simplex[1, i]:
-                same_simplex = False
-            simplex[0, i] = ir
-            simplex[1, i] = rk
-        if same_simplex:
-            for r in range(d1):
-                offset[k, r] = offset[k - 1, r]
-            continue
+            simplex[0, i] = int(rem0[i])
+            simplex[1, i] = int(rank[i])
         for r in range(d1):
             for i in range(d):
                 # canonical simplex: vertex r adds r to coordinates of rank <= d - r, r - (d + 1) to the others
@@ -354,40 +345,30 @@ def mean_field(kernels: list[tuple[Lattice, float]], neg_fg: np.ndarray, neg_bg:
 
 @njit(cache=True, inline="always")
 def _normalized_pair(a, b):
-    # pydensecrf's expAndNormalize for two labels, in its order of float32 operations
-    top = a if a >= b else b
-    e_a = np.exp(a - top)
-    e_b = np.exp(b - top)
+    # pydensecrf's expAndNormalize for two labels, in its order of float32 operations. The larger one is the
+    # maximum subtracted: its exponential is exp(0) = 1 exactly, so only the other one is computed.
+    one = np.float32(1.0)
+    if a >= b:
+        e_a, e_b = one, np.exp(b - a)
+    else:
+        e_a, e_b = np.exp(a - b), one
     total = e_b + e_a
     return e_a / total, e_b / total
 
 
-@njit(cache=True, inline="always")
-def _splat_point(offset, weights, norm, i, x, values):
-    x = x * norm[i]
-    for j in range(offset.shape[1]):
-        o = offset[i, j] + 1
-        values[o] = values[o] + weights[i, j] * x
-
-
-@njit(cache=True, inline="always")
-def _slice_point(offset, weights, values, alpha, i):
-    acc = np.float32(0.0)
-    for j in range(offset.shape[1]):
-        acc = acc + weights[i, j] * values[offset[i, j] + 1] * alpha
-    return acc
-
-
 @njit(cache=True)
 def _blur(neighbors, values, scratch):
-    """pydensecrf's blur along every axis; the result is left in ``values`` (``scratch`` is overwritten)."""
+    """pydensecrf's blur along every axis of each channel (column) of ``values`` ((M + 2, K)); the result is left
+    in ``values`` (``scratch`` is overwritten)."""
     d1, m = neighbors.shape[0], neighbors.shape[1]
+    n_channels = values.shape[1]
     src, dst = values, scratch
     for j in range(d1):
         for i in range(m):
-            a = src[neighbors[j, i, 0] + 1]
-            b = src[neighbors[j, i, 1] + 1]
-            dst[i + 1] = np.float32(np.float64(src[i + 1]) + 0.5 * np.float64(a + b))
+            a = neighbors[j, i, 0] + 1
+            b = neighbors[j, i, 1] + 1
+            for c in range(n_channels):
+                dst[i + 1, c] = np.float32(np.float64(src[i + 1, c]) + 0.5 * np.float64(src[a, c] + src[b, c]))
         src, dst = dst, src
     if d1 % 2 == 1:
         values[:] = scratch
@@ -395,47 +376,72 @@ def _blur(neighbors, values, scratch):
 
 @njit(cache=True)
 def _mean_field(o1, w1, n1, norm1, k1, o2, w2, n2, norm2, k2, neg_fg, neg_bg, ones, iters, stop, q_fg, q_bg):
+    """All K channels in one pass over the pixels per iteration: each pixel's lattice vertices are read once
+    for every channel. A channel that reached its fixed point is left as it is."""
     n_channels, n = neg_fg.shape
-    alpha1 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(o1.shape[1] - 1)))
-    alpha2 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(o2.shape[1] - 1)))
-    a1 = np.zeros(n1.shape[1] + 2, np.float32)
-    b1 = np.zeros(n1.shape[1] + 2, np.float32)
-    a2 = np.zeros(n2.shape[1] + 2, np.float32)
-    b2 = np.zeros(n2.shape[1] + 2, np.float32)
+    d1a, d1b = o1.shape[1], o2.shape[1]
+    alpha1 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(d1a - 1)))
+    alpha2 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(d1b - 1)))
+    a1 = np.zeros((n1.shape[1] + 2, n_channels), np.float32)
+    b1 = np.zeros_like(a1)
+    a2 = np.zeros((n2.shape[1] + 2, n_channels), np.float32)
+    b2 = np.zeros_like(a2)
     zero = np.float32(0.0)
     counts = np.zeros(n_channels, np.int64)
-    for c in range(n_channels):
-        fg, bg = q_fg[c], q_bg[c]
-        a1[:] = 0.0
-        a2[:] = 0.0
-        for i in range(n):
+    active = np.ones(n_channels, np.bool_)
+    changed = np.zeros(n_channels, np.bool_)
+    for i in range(n):
+        for c in range(n_channels):
             f, g = _normalized_pair(neg_fg[c, i], neg_bg[c, i])
-            fg[i] = f
-            bg[i] = g
+            q_fg[c, i] = f
+            q_bg[c, i] = g
             if iters > 0:
-                _splat_point(o1, w1, norm1, i, f, a1)
-                _splat_point(o2, w2, norm2, i, f, a2)
-        for it in range(iters):
-            _blur(n1, a1, b1)
-            _blur(n2, a2, b2)
-            b1[:] = 0.0
-            b2[:] = 0.0
-            last = it + 1 == iters
-            changed = False
-            for i in range(n):
-                message = zero + k1 * (_slice_point(o1, w1, a1, alpha1, i) * norm1[i])
-                message = message + k2 * (_slice_point(o2, w2, a2, alpha2, i) * norm2[i])
+                x1, x2 = f * norm1[i], f * norm2[i]
+                for j in range(d1a):
+                    o = o1[i, j] + 1
+                    a1[o, c] = a1[o, c] + w1[i, j] * x1
+                for j in range(d1b):
+                    o = o2[i, j] + 1
+                    a2[o, c] = a2[o, c] + w2[i, j] * x2
+    for it in range(iters):
+        _blur(n1, a1, b1)
+        _blur(n2, a2, b2)
+        b1[:] = 0.0
+        b2[:] = 0.0
+        last = it + 1 == iters
+        changed[:] = False
+        for i in range(n):
+            for c in range(n_channels):
+                if not active[c]:
+                    continue
+                s1 = zero
+                for j in range(d1a):
+                    s1 = s1 + w1[i, j] * a1[o1[i, j] + 1, c] * alpha1
+                s2 = zero
+                for j in range(d1b):
+                    s2 = s2 + w2[i, j] * a2[o2[i, j] + 1, c] * alpha2
+                message = zero + k1 * (s1 * norm1[i])
+                message = message + k2 * (s2 * norm2[i])
                 f, g = _normalized_pair(neg_fg[c, i] + message, neg_bg[c, i] + (ones[i] - message))
-                if f != fg[i]:
-                    changed = True
-                fg[i] = f
-                bg[i] = g
+                if f != q_fg[c, i]:
+                    changed[c] = True
+                q_fg[c, i] = f
+                q_bg[c, i] = g
                 if not last:
-                    _splat_point(o1, w1, norm1, i, f, b1)
-                    _splat_point(o2, w2, norm2, i, f, b2)
-            a1, b1 = b1, a1
-            a2, b2 = b2, a2
-            counts[c] = it + 1
-            if stop and not changed:
-                break
+                    x1, x2 = f * norm1[i], f * norm2[i]
+                    for j in range(d1a):
+                        o = o1[i, j] + 1
+                        b1[o, c] = b1[o, c] + w1[i, j] * x1
+                    for j in range(d1b):
+                        o = o2[i, j] + 1
+                        b2[o, c] = b2[o, c] + w2[i, j] * x2
+        a1, b1 = b1, a1
+        a2, b2 = b2, a2
+        for c in range(n_channels):
+            if active[c]:
+                counts[c] = it + 1
+                if stop and not changed[c]:
+                    active[c] = False
+        if not active.any():
+            break
     return counts
