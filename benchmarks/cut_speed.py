@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/cut_speed.py [--images 3] [--grid 60] [--channels 768] [--no-crf] [--threads 1]
-                                   [--baseline e61d255] [--family-scenes 6] [--no-reference]
+                                   [--repeats 3] [--baseline e61d255] [--family-scenes 6] [--no-reference]
 
 Inputs: ``--images`` scenes of ``--grid`` x ``--grid`` patches with C = ``--channels`` features, a 480 x 480 depth
 map and RGB image (:func:`cuts3d.synthetic.make_scene`, patch size 8), and ``--family-scenes`` scenes of every
@@ -19,7 +19,8 @@ are generated once here and saved, and every variant cuts the same saved inputs:
 
 Each variant runs in its own subprocess with ``--threads`` BLAS/torch threads (1: the per-core cost a cut
 worker pays), one after the other, nothing else running. The first scene is cut once untimed (imports, first
-calls). The mask comparison reports, per scene set, how many scenes give identical masks and the class-agnostic
+calls, numba's compilation). Each timing scene is cut ``--repeats`` times and the median kept (timings on this
+shared machine vary by about 10% from run to run). The mask comparison reports, per scene set, how many scenes give identical masks and the class-agnostic
 mask AP50 / AP of both against the scenes' ground truth.
 """
 
@@ -46,6 +47,7 @@ WORKER = r"""
 import json, sys, time
 import numpy as np
 inputs, output, crf, reference = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
+repeats = int(sys.argv[5])
 import torch
 from cuts3d import CutConfig, segment
 data = np.load(inputs)
@@ -56,9 +58,12 @@ out, seconds, ref_seconds = {}, {}, {}
 first = timed[0]
 segment(data[first + "/features"], data[first + "/depth"], data[first + "/image"], config)  # warm-up
 for name in names:
-    t = time.perf_counter()
-    insts = segment(data[name + "/features"], data[name + "/depth"], data[name + "/image"], config)
-    seconds[name] = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats if name.startswith("tim") else 1):  # timing scenes: the median of `repeats` cuts
+        t = time.perf_counter()
+        insts = segment(data[name + "/features"], data[name + "/depth"], data[name + "/image"], config)
+        runs.append(time.perf_counter() - t)
+    seconds[name] = float(np.median(runs))
     shape = data[name + "/image"].shape[:2]
     out[name + "/masks"] = np.stack([i.mask for i in insts]) if insts else np.zeros((0, *shape), bool)
     out[name + "/scores"] = np.array([i.score for i in insts], dtype=np.float64)
@@ -98,12 +103,14 @@ def _save_inputs(path: Path, args: argparse.Namespace) -> dict[str, object]:
     return families
 
 
-def _run(package_root: Path, inputs: Path, output: Path, crf: bool, reference: bool, threads: int) -> dict:
+def _run(package_root: Path, inputs: Path, output: Path, crf: bool, reference: bool, threads: int,
+         repeats: int) -> dict:
     site = sysconfig.get_paths()["purelib"]
     env = {**os.environ, "PYTHONPATH": f"{package_root}{os.pathsep}{site}"}
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    cmd = [sys.executable, "-S", "-c", WORKER, str(inputs), str(output), "1" if crf else "0", "1" if reference else "0"]
+    cmd = [sys.executable, "-S", "-c", WORKER, str(inputs), str(output), "1" if crf else "0", "1" if reference else "0",
+           str(repeats)]
     # cwd: with -c the current folder comes first on the path, and it must not be a checkout
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=inputs.parent)
     if done.returncode != 0:
@@ -145,6 +152,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=768)
     parser.add_argument("--no-crf", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/torch threads of each variant's process")
+    parser.add_argument("--repeats", type=int, default=3, help="cuts of each timing scene; the median is reported")
     parser.add_argument("--baseline", default="e61d255", help="git revision whose cut stage is the comparison "
                         "(default: the last commit before issue 12's faster cut stage)")
     parser.add_argument("--family-scenes", type=int, default=6, help="scenes per synthetic family and backdrop")
@@ -160,7 +168,7 @@ def main() -> None:
         base_root = _extract(args.baseline, tmp)
         runs = {}
         for label, root, ref in (("baseline", base_root, False), ("this tree", REPO, not args.no_reference)):
-            runs[label] = _run(root, inputs, tmp / f"{label.replace(' ', '_')}.npz", crf, ref, args.threads)
+            runs[label] = _run(root, inputs, tmp / f"{label.replace(' ', '_')}.npz", crf, ref, args.threads, args.repeats)
             print(label, json.dumps(runs[label]["seconds"]), flush=True)
         masks = {label: dict(np.load(tmp / f"{label.replace(' ', '_')}.npz")) for label in runs}
 
@@ -201,7 +209,7 @@ def main() -> None:
     table = "\n".join(
         [
             f"{len(timed)} timing scenes, {args.grid}x{args.grid} patches, C={args.channels}, N=3, T=6, image 480x480, "
-            f"CRF: {crf}, {args.threads} thread(s) per process",
+            f"CRF: {crf}, {args.threads} thread(s) per process, median of {args.repeats} cuts per timing scene",
             "",
             f"Single-object scenes: {len(timed)} of make_scene; multi-object scenes: one per family, {len(multi)}, at the "
             "same size (reference MaskCut: single-object scenes only).",

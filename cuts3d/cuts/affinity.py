@@ -41,13 +41,30 @@ def similarity_matrix(features: torch.Tensor) -> np.ndarray:
         features: (C, n) float tensor on any device.
 
     Returns:
-        (n, n) float32 S. On the CPU the product is numpy's (OpenBLAS sgemm, about twice torch's speed here).
+        (n, n) float32 S. On the CPU: BLAS ssyrk (one triangle, half the products of a general sgemm; the values
+        of numpy's ``f.T @ f``, which calls it too) and a tiled copy of that triangle into the other.
     """
     f = torch.nn.functional.normalize(features.detach().float(), p=2, dim=0)
     if f.device.type != "cpu":
         return (f.T @ f).cpu().numpy()
     f = f.numpy()
-    return f.T @ f
+    # f.T is Fortran-ordered (n, C): ssyrk takes it without a copy; its lower triangle in Fortran order is the
+    # upper triangle of the C-ordered transpose.
+    s = scipy.linalg.blas.ssyrk(1.0, f.T, trans=0, lower=1).T
+    _mirror_upper(s)
+    return s
+
+
+@njit(cache=True)
+def _mirror_upper(s):
+    """s[j, i] = s[i, j] for j > i, in tiles that stay in cache (32 x 32 was fastest here, twice numpy's copy)."""
+    n = s.shape[0]
+    tile = 32
+    for bi in range(0, n, tile):
+        for bj in range(bi, n, tile):
+            for i in range(bi, min(bi + tile, n)):
+                for j in range(max(bj, i + 1), min(bj + tile, n)):
+                    s[j, i] = s[i, j]
 
 
 def affinity_graph(
