@@ -68,6 +68,54 @@ def test_trivial_cut_rules():
     assert localcut(g, 0, 63, tau=0.3, trivial="guard").all()
 
 
+def _scipy_localcut(graph, source, sink, tau, capacity, trivial):
+    """The cut as scipy's Dinic gives it (sparse capacity matrix, maximum_flow, residual BFS)."""
+    import scipy.sparse
+    from scipy.sparse.csgraph import breadth_first_order, connected_components, maximum_flow
+
+    from cuts3d.cuts.localcut import _capacities
+
+    i, j, cap = _capacities(graph, tau, capacity)
+    c = scipy.sparse.csr_matrix((np.concatenate([cap, cap]).astype(np.int32), (np.concatenate([i, j]), np.concatenate([j, i]))),
+                                shape=(graph.n, graph.n))
+    _, labels = connected_components(c, directed=False)
+    component = labels == labels[source]
+    if source == sink or labels[source] != labels[sink]:
+        return component
+    flow = maximum_flow(c, source, sink, method="dinic")
+    degree = np.asarray(c.sum(axis=1)).ravel()
+    if trivial == "component" and flow.flow_value >= min(degree[source], degree[sink]):
+        return component
+    if trivial == "guard" and flow.flow_value >= degree[source]:
+        return component
+    residual = (c - flow.flow).tocsr()
+    residual.data = (residual.data > 0).astype(np.int8)
+    residual.eliminate_zeros()
+    if trivial == "max_side":
+        to_sink = breadth_first_order(residual.T.tocsr(), sink, directed=True, return_predecessors=False)
+        side = component.copy()
+        side[to_sink] = False
+        return side
+    side = np.zeros(graph.n, dtype=bool)
+    side[breadth_first_order(residual, source, directed=True, return_predecessors=False)] = True
+    return side
+
+
+@pytest.mark.parametrize("capacity", ["unit", "gaussian"])
+def test_localcut_equals_scipys_dinic(capacity):
+    # random rough 3D surfaces, every trivial-cut rule, thresholds from disconnected to dense
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        z = rng.random((14, 14)) * rng.choice([0.05, 0.3, 1.0]) + (np.arange(14) > rng.integers(3, 11)) * rng.random()
+        pts = unproject(z)
+        g = knn_graph(pts, int(rng.integers(3, 12)))
+        s, t = (int(v) for v in rng.choice(len(pts), 2, replace=False))
+        for tau in (0.05, 0.1, 0.2, 0.5):
+            for rule in ("component", "literal", "max_side", "guard"):
+                np.testing.assert_array_equal(localcut(g, s, t, tau, capacity, rule), _scipy_localcut(g, s, t, tau, capacity, rule))
+    assert localcut(g, s, s, 0.2, capacity, "literal").sum() >= 1  # source == sink: the component
+
+
 def test_gaussian_capacity_runs_and_contains_source():
     g = knn_graph(_two_surfaces(0.05), 10)
     side = localcut(g, 0, 143, tau=0.115, capacity="gaussian")
