@@ -81,12 +81,15 @@ def install_feature_replay(path: str | None = None) -> None:
 
     import cuts3d.pipeline.extract as extract_module
 
-    store = np.load(path or os.environ[FEATURES_ENV])
-    keys = json.loads(str(store["keys"]))
+    path = Path(path or os.environ[FEATURES_ENV])
+    # one stacked .npy, memory-mapped: an image's features are a page-cache copy (an .npz member is read and
+    # checksummed anew on every access, several milliseconds per image of CPU the measured run would lose)
+    store = np.load(path, mmap_mode="r")
+    keys = json.loads(path.with_suffix(".json").read_text())
 
     def replay(loaded, cfg, models, timings):
         t = time.perf_counter()
-        out = [torch.from_numpy(store[keys[result["rel"]]]) for result, _, _ in loaded]
+        out = [torch.from_numpy(np.array(store[keys[result["rel"]]])) for result, _, _ in loaded]
         extract_module._add(timings, "vit", t)
         return out
 
@@ -100,12 +103,17 @@ def _record_times(run, log: Path) -> tuple[list[float], Path]:
     t0 = time.perf_counter()
 
     def watch() -> None:
-        seen = 0
+        # Reads only the bytes appended since the last look: re-reading the whole log every 5 ms would take a
+        # good part of a core from the run it measures.
+        offset = 0
         while True:
             final = stop.is_set()
-            lines = log.read_bytes().count(b"\n") if log.exists() else 0
-            times.extend([time.perf_counter() - t0] * (lines - seen))
-            seen = lines
+            if log.exists():
+                with log.open("rb") as f:
+                    f.seek(offset)
+                    new = f.read()
+                offset += len(new)
+                times.extend([time.perf_counter() - t0] * new.count(b"\n"))
             if final:
                 return
             time.sleep(0.005)
@@ -155,9 +163,10 @@ def workers_mode(data: Path, n: int, workers: list[int], with_ray: bool) -> None
         extract(cfg("warm", 0, CutConfig(n_iters=1, crf=False)))
         vit_s = (time.perf_counter() - t) / n
         extract_module._features = real
-        keys = {rel: f"f{i}" for i, rel in enumerate(sorted(saved))}
-        features = Path(tmp) / "features.npz"
-        np.savez(features, keys=json.dumps(keys), **{keys[r]: v for r, v in saved.items()})
+        keys = {rel: i for i, rel in enumerate(sorted(saved))}
+        features = Path(tmp) / "features.npy"
+        np.save(features, np.stack([saved[r] for r in sorted(saved)]))
+        features.with_suffix(".json").write_text(json.dumps(keys))
         notes.append(f"warm-up (ViT on the CPU, depth computed and cached, 1 NCut round, no CRF): {vit_s:.2f} s per image")
         install_feature_replay(str(features))
         reference = None
@@ -173,12 +182,23 @@ def workers_mode(data: Path, n: int, workers: list[int], with_ray: bool) -> None
             steady = (len(stamps) - 1 - s0) / (stamps[-1] - stamps[s0]) if len(stamps) > s0 + 1 and stamps[-1] > stamps[s0] else float("nan")
             rows.append({"engine": engine, "workers": k, "total": total, "first": stamps[0] if stamps else None,
                          "steady": steady, "same": data_bytes == reference})
-            print(rows[-1], flush=True)
+            print(rows[-1], [round(s, 2) for s in stamps], flush=True)
 
         for k in workers:
             c = cfg(f"local-{k}", k)
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+            kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             times, result = _record_times(lambda: extract(c), shard_log_path(Path(c.output), 0, 1))
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             record("local", k, times, result)
+            if k >= 1:
+                # CPU seconds per image of the extracting process (loading, replayed model stage, sending the jobs,
+                # logging) and of its cut workers (start-up included)
+                parent = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / n
+                kids = (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / n
+                notes.append(f"local, {k} cut worker(s): CPU-s per image: extracting process {parent:.3f}, "
+                             f"cut workers {kids:.3f} (their start-up included)")
         ray_workers = [k for k in workers if k >= 1]
         if with_ray and ray_workers:
             import ray

@@ -45,15 +45,38 @@ class CutWorkerDied(RuntimeError):
 _thread_limits: Any = None  # kept alive for the worker's lifetime
 
 
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
 def limit_threads() -> None:
     """torch and every BLAS/OpenMP pool of this worker process on one thread, for the process's lifetime (a
-    pool worker and a Ray cut actor each own their process)."""
+    pool worker and a Ray cut actor each own their process).
+
+    threadpoolctl only reaches the libraries loaded when it is called, and scipy loads its own OpenBLAS when
+    scipy.linalg is first imported: so the variables are set for any library loaded later, and the cut stage's
+    modules are imported before the limit (a BLAS left at its default of one thread per core made two workers
+    fight over two cores).
+    """
     global _thread_limits
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = "1"
     import torch
     from threadpoolctl import threadpool_limits
 
+    import cuts3d.cuts.segment  # noqa: F401  (numpy, scipy.linalg, scipy.sparse.linalg, numba: loaded now)
+
     torch.set_num_threads(1)
     _thread_limits = threadpool_limits(limits=1)
+
+
+def thread_counts() -> dict[str, int]:
+    """Threads of each BLAS/OpenMP library loaded in this process (threadpoolctl's view), after loading the cut
+    stage's modules: what a cut worker's arithmetic runs on."""
+    from threadpoolctl import threadpool_info
+
+    import cuts3d.cuts.segment  # noqa: F401
+
+    return {f"{i['internal_api']}:{i['filepath']}": int(i["num_threads"]) for i in threadpool_info()}
 
 
 def fault_hook(rel: str) -> None:

@@ -252,6 +252,22 @@ def test_images_in_flight_never_exceed_the_executors_bound(tmp_path):
     assert sorted(rels) == [p.name for p in _images(5)] and len(rels) == 5
 
 
+def test_cut_workers_run_every_blas_on_one_thread():
+    # scipy loads its own OpenBLAS on first use of scipy.linalg, after the worker's thread limit was set: it
+    # must be on one thread too, or K workers oversubscribe K cores.
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cuts3d.pipeline.cut_workers import init_worker, thread_counts
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                             initargs=(os.getpid(),)) as pool:
+        counts = pool.submit(thread_counts).result(timeout=120)
+    assert any("openblas" in k.lower() or "blas" in k.lower() for k in counts), counts
+    assert all(n == 1 for n in counts.values()), counts
+
+
 def test_a_rerun_with_other_cut_workers_resumes(tmp_path):
     """cut_workers does not change results, so it is not in the fingerprint: another value resumes the folder."""
     from cuts3d.pipeline.fingerprint import result_settings
