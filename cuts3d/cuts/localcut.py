@@ -153,21 +153,7 @@ def _min_cut(n, ei, ej, cap, source, sink):
         pointer = np.empty(n, np.int64)
         path = np.empty(n, np.int64)  # arcs of the current DFS path
         while True:
-            # BFS levels over arcs with residual capacity
-            level[:] = -1
-            level[source] = 0
-            queue[0] = source
-            lo, hi = 0, 1
-            while lo < hi:
-                u = queue[lo]
-                lo += 1
-                for k in range(start[u], start[u + 1]):
-                    a = arcs[k]
-                    v = head[a]
-                    if residual[a] > 0 and level[v] < 0:
-                        level[v] = level[u] + 1
-                        queue[hi] = v
-                        hi += 1
+            _levels(start, arcs, head, residual, source, False, level, queue)
             if level[sink] < 0:
                 break
             # blocking flow: depth-first augmenting paths along increasing levels, with per-node arc pointers
@@ -216,9 +202,17 @@ def _min_cut(n, ei, ej, cap, source, sink):
 @njit(cache=True)
 def _reach(n, start, arcs, head, residual, root, backward):
     """Nodes reachable from ``root`` along arcs with residual capacity (``backward``: nodes that reach it)."""
-    seen = np.zeros(n, np.bool_)
-    queue = np.empty(n, np.int64)
-    seen[root] = True
+    level = np.empty(n, np.int64)
+    _levels(start, arcs, head, residual, root, backward, level, np.empty(n, np.int64))
+    return level >= 0
+
+
+@njit(cache=True)
+def _levels(start, arcs, head, residual, root, backward, level, queue):
+    """Breadth-first distance of every node from ``root`` along arcs with residual capacity, -1 where none
+    (``backward``: along reversed arcs, i.e. the distance to ``root``), into ``level``."""
+    level[:] = -1
+    level[root] = 0
     queue[0] = root
     lo, hi = 0, 1
     while lo < hi:
@@ -228,8 +222,7 @@ def _reach(n, start, arcs, head, residual, root, backward):
             a = arcs[k]
             v = head[a]
             # forward: arc u -> v usable; backward: v reaches u when the reverse arc v -> u is usable
-            if not seen[v] and residual[a ^ 1 if backward else a] > 0:
-                seen[v] = True
+            if level[v] < 0 and residual[a ^ 1 if backward else a] > 0:
+                level[v] = level[u] + 1
                 queue[hi] = v
                 hi += 1
-    return seen

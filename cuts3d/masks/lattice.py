@@ -356,6 +356,23 @@ def _normalized_pair(a, b):
     return e_a / total, e_b / total
 
 
+@njit(cache=True, inline="always")
+def _splat(offset, weights, i, x, values, c):
+    """Add pixel i's value x to its simplex's vertices in channel c, as seqCompute's splat does."""
+    for j in range(offset.shape[1]):
+        o = offset[i, j] + 1
+        values[o, c] = values[o, c] + weights[i, j] * x
+
+
+@njit(cache=True, inline="always")
+def _slice(offset, weights, i, values, c, alpha):
+    """Pixel i's filtered value in channel c, as seqCompute's slice computes it."""
+    acc = np.float32(0.0)
+    for j in range(offset.shape[1]):
+        acc = acc + weights[i, j] * values[offset[i, j] + 1, c] * alpha
+    return acc
+
+
 @njit(cache=True)
 def _blur(neighbors, values, scratch):
     """pydensecrf's blur along every axis of each channel (column) of ``values`` ((M + 2, K)); the result is left
@@ -379,9 +396,8 @@ def _mean_field(o1, w1, n1, norm1, k1, o2, w2, n2, norm2, k2, neg_fg, neg_bg, on
     """All K channels in one pass over the pixels per iteration: each pixel's lattice vertices are read once
     for every channel. A channel that reached its fixed point is left as it is."""
     n_channels, n = neg_fg.shape
-    d1a, d1b = o1.shape[1], o2.shape[1]
-    alpha1 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(d1a - 1)))
-    alpha2 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(d1b - 1)))
+    alpha1 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(o1.shape[1] - 1)))
+    alpha2 = np.float32(1.0) / (np.float32(1.0) + np.float32(2.0 ** -(o2.shape[1] - 1)))
     a1 = np.zeros((n1.shape[1] + 2, n_channels), np.float32)
     b1 = np.zeros_like(a1)
     a2 = np.zeros((n2.shape[1] + 2, n_channels), np.float32)
@@ -396,13 +412,8 @@ def _mean_field(o1, w1, n1, norm1, k1, o2, w2, n2, norm2, k2, neg_fg, neg_bg, on
             q_fg[c, i] = f
             q_bg[c, i] = g
             if iters > 0:
-                x1, x2 = f * norm1[i], f * norm2[i]
-                for j in range(d1a):
-                    o = o1[i, j] + 1
-                    a1[o, c] = a1[o, c] + w1[i, j] * x1
-                for j in range(d1b):
-                    o = o2[i, j] + 1
-                    a2[o, c] = a2[o, c] + w2[i, j] * x2
+                _splat(o1, w1, i, f * norm1[i], a1, c)
+                _splat(o2, w2, i, f * norm2[i], a2, c)
     for it in range(iters):
         _blur(n1, a1, b1)
         _blur(n2, a2, b2)
@@ -414,27 +425,16 @@ def _mean_field(o1, w1, n1, norm1, k1, o2, w2, n2, norm2, k2, neg_fg, neg_bg, on
             for c in range(n_channels):
                 if not active[c]:
                     continue
-                s1 = zero
-                for j in range(d1a):
-                    s1 = s1 + w1[i, j] * a1[o1[i, j] + 1, c] * alpha1
-                s2 = zero
-                for j in range(d1b):
-                    s2 = s2 + w2[i, j] * a2[o2[i, j] + 1, c] * alpha2
-                message = zero + k1 * (s1 * norm1[i])
-                message = message + k2 * (s2 * norm2[i])
+                message = zero + k1 * (_slice(o1, w1, i, a1, c, alpha1) * norm1[i])
+                message = message + k2 * (_slice(o2, w2, i, a2, c, alpha2) * norm2[i])
                 f, g = _normalized_pair(neg_fg[c, i] + message, neg_bg[c, i] + (ones[i] - message))
                 if f != q_fg[c, i]:
                     changed[c] = True
                 q_fg[c, i] = f
                 q_bg[c, i] = g
-                if not last:
-                    x1, x2 = f * norm1[i], f * norm2[i]
-                    for j in range(d1a):
-                        o = o1[i, j] + 1
-                        b1[o, c] = b1[o, c] + w1[i, j] * x1
-                    for j in range(d1b):
-                        o = o2[i, j] + 1
-                        b2[o, c] = b2[o, c] + w2[i, j] * x2
+                if not last:  # the new Q is splatted for the next iteration in the same pass
+                    _splat(o1, w1, i, f * norm1[i], b1, c)
+                    _splat(o2, w2, i, f * norm2[i], b2, c)
         a1, b1 = b1, a1
         a2, b2 = b2, a2
         for c in range(n_channels):
