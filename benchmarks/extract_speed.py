@@ -43,6 +43,7 @@ def single(backbone: str, data: Path, n: int, device: str = "cpu", cut_workers: 
 
     from cuts3d.pipeline.extract import ExtractConfig, run_shard
     from cuts3d.io.images import list_images
+    from cuts3d.pipeline.shards import shard_log_path
 
     torch.set_grad_enabled(False)
     paths = sorted(data.glob("*.jpg"))[:n]
@@ -57,10 +58,12 @@ def single(backbone: str, data: Path, n: int, device: str = "cpu", cut_workers: 
         t0 = time.perf_counter()
         timings, _ = run_shard(cfg, records, 0, 1)
         total = time.perf_counter() - t0
+        log = shard_log_path(Path(cfg.output), 0, 1).read_text().splitlines()
+        masks = sum(len(json.loads(line)["annotations"]) for line in log) / max(len(log), 1)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
     return {"backbone": backbone, "images": len(records), "total": total / len(records),
-            **{s: timings.get(s, 0.0) / len(records) for s in STAGES}, "peak_rss_mb": peak_mb, "peak_gpu_mb": gpu_mb}
+            **{s: timings.get(s, 0.0) / len(records) for s in STAGES}, "masks": masks, "peak_rss_mb": peak_mb, "peak_gpu_mb": gpu_mb}
 
 
 FEATURES_ENV = "CUTS3D_BENCH_FEATURES"

@@ -7,10 +7,11 @@
 # 1. MaskCut on CUDA equals CutLER's computation round by round (W, Fiedler vector, masks; tests/cuts).
 # 2. The CUDA-only training paths of the test suite (AMP, SyncBN selection, max_mem logging).
 # 3. Extraction of 32 COCO images with --device cuda: per-stage seconds per image, peak GPU memory; then the
-#    same with cut workers on the CPU cores (wall seconds per image of the streaming pipeline).
+#    same with cut workers on the CPU cores (wall seconds per image of the streaming pipeline); then the
+#    dataset-time table (ImageNet on 1-8 nodes) with the model stage's seconds per image measured on this GPU.
 # 4. 50 AMP training iterations of the R50-FPN at 800 px, batch 8 (iterations/s), next to the CPU rows.
 # 5. A 2-process NCCL DDP run of the tiny recipe, when two GPUs exist.
-# Tables 3 and 4 are appended to benchmarks/RESULTS.md with date, machine and command.
+# Tables 3, 3c and 4 are appended to benchmarks/RESULTS.md with date, machine and command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -31,6 +32,9 @@ echo "== 3. extraction on cuda, 32 images"
 python benchmarks/extract_speed.py --images 32 --backbones dino_vitb8 --device cuda
 echo "== 3b. the same with the cut stage on CPU workers beside the GPU (streaming, issue 12)"
 python benchmarks/extract_speed.py --images 32 --backbones dino_vitb8 --device cuda --cut-workers "$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))"
+
+echo "== 3c. dataset time: ImageNet hours from this GPU's model stage and this CPU's cut stage"
+python benchmarks/dataset_time.py --photos 16 --merge-records 5000
 
 echo "== 4. training speed (AMP on the GPU)"
 python benchmarks/train_speed.py --iters 50 --loader-samples 16
