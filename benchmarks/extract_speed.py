@@ -74,8 +74,8 @@ def install_feature_replay(path: str | None = None) -> None:
     saved by the warm-up run, are returned instead of running the ViT on the CPU. Everything else (loading,
     resizing, depth from the cache, the cut stage, logging, merging) is the real pipeline.
 
-    Runs in this process for the local engine and, as Ray's ``worker_process_setup_hook``, in every Ray worker
-    (``path`` then comes from the environment variable ``CUTS3D_BENCH_FEATURES``).
+    Runs in this process for the local engine and, through :func:`ray_feature_replay_hook`, in the Ray workers
+    that import the pipeline (``path`` then comes from the environment variable ``CUTS3D_BENCH_FEATURES``).
     """
     import os
 
@@ -97,6 +97,37 @@ def install_feature_replay(path: str | None = None) -> None:
         return out
 
     extract_module._features = replay
+
+
+def ray_feature_replay_hook() -> None:
+    """Ray's ``worker_process_setup_hook``: :func:`install_feature_replay` once the worker imports
+    ``cuts3d.pipeline.extract``, not before. The hook runs in every Ray worker, and installing the replay at once
+    would make workers that never touch the pipeline (the driver's progress counter) import torch and cuts3d
+    too: seconds of CPU a real run does not spend, taken from the cut actors while the first images are cut."""
+    import importlib.abc
+    import importlib.util
+
+    name = "cuts3d.pipeline.extract"
+    if name in sys.modules:
+        install_feature_replay()
+        return
+
+    class PatchOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):
+                run_module(module)
+                install_feature_replay()
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, PatchOnImport())
 
 
 def _record_times(run, log: Path) -> tuple[list[float], Path]:
@@ -210,7 +241,7 @@ def workers_mode(data: Path, n: int, workers: list[int], with_ray: bool) -> None
 
             t = time.perf_counter()
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"worker_process_setup_hook": install_feature_replay,
+                     runtime_env={"worker_process_setup_hook": ray_feature_replay_hook,
                                   "env_vars": {FEATURES_ENV: str(features)}})
             notes.append(f"ray.init (local cluster, num_cpus=2; not in the Ray rows): {time.perf_counter() - t:.1f} s")
 
